@@ -1,0 +1,1 @@
+"""RetinaFace model families: preprocessing, anchors, decode, NMS."""

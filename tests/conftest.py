@@ -1,0 +1,64 @@
+"""Shared fixtures: the models and image in ../shared (RETINABENCH_SHARED), and MXNet references."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("RETINABENCH_SHARED", ROOT.parent / "shared")).resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: set RETINABENCH_SHARED to the shared/ folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnet25_dir() -> Path:
+    return shared_path("models", "insightface-mnet25")
+
+
+@pytest.fixture(scope="session")
+def seed_caffe_dirs() -> dict:
+    return {"mnet25": shared_path("models", "seed-caffe-mnet25"),
+            "deconv0517": shared_path("models", "seed-caffe-deconv0517")}
+
+
+@pytest.fixture(scope="session")
+def t1_path() -> Path:
+    return shared_path("images", "t1.jpg")
+
+
+@pytest.fixture(scope="session")
+def t1_image(t1_path):
+    import cv2
+    return cv2.imread(str(t1_path))
+
+
+@pytest.fixture(scope="session")
+def mnet25(mnet25_dir):
+    from retinabench.model.source import open_model
+    return open_model(mnet25_dir)
+
+
+@pytest.fixture(scope="session")
+def mxnet_native(mnet25, t1_image):
+    """MXNet's raw outputs and the blob for t1.jpg in native mode: the reference for every backend."""
+    from backends.base import create_backend
+    from retinabench.model.family import get_family
+    from retinabench.model.preprocess import Preprocessor
+
+    pre = Preprocessor(get_family("insightface").normalization, "native")
+    blob, metas = pre([t1_image])
+    blob = blob.copy()
+    with create_backend("mxnet") as be:
+        be.load(mnet25, 1, blob.shape[2], blob.shape[3])
+        outs = be.infer(blob)
+        names = list(be.output_names)
+    return {"blob": blob, "metas": metas, "outputs": outs, "names": names}
