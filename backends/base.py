@@ -71,7 +71,7 @@ REGISTRY: Dict[str, str] = {
     "onnxruntime": "backends.onnxruntime_backend:OnnxRuntimeBackend",
     "torch": "backends.torch_backend:TorchBackend",
     "openvino": "backends.openvino_backend:OpenVINOBackend",
-    "opencv-onnx": "backends.opencv_backend:OpenCVOnnxBackend",
+    "opencv-onnx": "backends.opencv_onnx_backend:OpenCVOnnxBackend",
     "tensorrt": "backends.tensorrt_backend:TensorRTBackend",
     "empty": "backends.empty_backend:EmptyBackend",
 }
