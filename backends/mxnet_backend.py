@@ -25,10 +25,7 @@ class MXNetBackend(Backend):
         return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
-        if self.threads:  # read by MXNet's engine at import: the worker sets them before importing
-            os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
-            os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(self.threads))
-        import mxnet as mx
+        import mxnet as mx  # intra-op threads: OMP_NUM_THREADS, set by the worker before this import
 
         if self.device.startswith("cuda"):
             idx = int(self.device.split(":")[1]) if ":" in self.device else 0
@@ -61,6 +58,10 @@ class MXNetBackend(Backend):
     def versions(self) -> Dict[str, str]:
         import mxnet as mx
         return {"mxnet": mx.__version__, "mxnet_engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")}
+
+    def settings(self) -> Dict[str, object]:
+        return {**super().settings(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                "precision": "f32"}
 
     def close(self) -> None:
         self._exec = None

@@ -1,0 +1,252 @@
+"""Scenario configs: YAML validated into typed records, every error naming its field.
+
+A scenario names a model, images, an input size, batch sizes (with the engine's max batch), loops,
+warmup and the backends to compare. Model and image locations are settings: the config's value,
+overridden by RETINABENCH_MODEL / RETINABENCH_IMAGE, overridden by the CLI's --model / --image.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from retinabench.errors import ConfigError
+from retinabench.model.preprocess import INPUT_MODES
+
+MAX_SIDE = 8192
+MAX_BATCH = 1024
+MAX_LOOPS = 10_000_000
+
+
+@dataclass(frozen=True)
+class InputSize:
+    mode: str            # "native" or "fit"
+    width: int = 0       # 0 in native mode: the image's own size
+    height: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}" if self.mode == "fit" else "native"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    variant: str = "default"
+    threads: Optional[int] = None
+    device: str = "cpu"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured configuration: a backend at one batch size."""
+
+    backend: BackendSpec
+    batch: int
+    max_batch: int
+
+    @property
+    def key(self) -> str:
+        b = self.backend
+        return f"{b.name}-{b.variant}-b{self.batch}-m{self.max_batch}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    images: Tuple[str, ...]
+    input: InputSize
+    backends: Tuple[BackendSpec, ...]
+    batches: Tuple[int, ...] = (1,)
+    max_batch: Tuple[int, ...] = ()
+    loops: int = 1000
+    warmup: int = 50
+    threshold: float = 0.8
+    family: Optional[str] = None
+    reference: Optional[str] = None  # backend whose outputs the accuracy section compares against
+    results_dir: str = "results"
+    source: str = ""
+
+    def rows(self) -> List[Row]:
+        rows = []
+        for b in self.backends:
+            for n in self.batches:
+                fitting = [m for m in self.max_batch if m >= n]
+                rows.append(Row(b, n, min(fitting) if fitting else n))
+        return rows
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["images"] = list(self.images)
+        d["backends"] = [asdict(b) for b in self.backends]
+        d["batches"] = list(self.batches)
+        d["max_batch"] = list(self.max_batch)
+        return d
+
+
+_FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
+           "threshold", "family", "reference", "results_dir", "threads", "device"}
+_BACKEND_FIELDS = {"name", "variant", "threads", "device", "options"}
+
+
+def _int(where: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _str(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int_list(where: str, value: Any, lo: int, hi: int) -> Tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(f"{where}: must not be empty")
+    return tuple(_int(f"{where}[{i}]", v, lo, hi) for i, v in enumerate(items))
+
+
+def _input(where: str, value: Any) -> InputSize:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping with mode, width, height")
+    unknown = set(value) - {"mode", "width", "height"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (known: mode, width, height)")
+    mode = value.get("mode", "fit")
+    if mode not in INPUT_MODES:
+        raise ConfigError(f"{where}.mode: expected one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    if mode == "native":
+        if "width" in value or "height" in value:
+            raise ConfigError(f"{where}: 'native' mode takes the image's own size; remove width/height")
+        return InputSize("native")
+    for k in ("width", "height"):
+        if k not in value:
+            raise ConfigError(f"{where}.{k}: required in 'fit' mode")
+    w = _int(f"{where}.width", value["width"], 32, MAX_SIDE)
+    h = _int(f"{where}.height", value["height"], 32, MAX_SIDE)
+    for k, v in (("width", w), ("height", h)):
+        if v % 32:
+            raise ConfigError(f"{where}.{k}: {v} is not a multiple of 32 (needed in 'fit' mode)")
+    return InputSize("fit", w, h)
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'1280x896' -> (1280, 896); sizes are written width x height."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 1280x896") from None
+    _input("--size", {"mode": "fit", "width": w, "height": h})
+    return w, h
+
+
+def _backend(where: str, value: Any, threads: Optional[int], device: str) -> BackendSpec:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a backend name or a mapping with 'name'")
+    unknown = set(value) - _BACKEND_FIELDS
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(_BACKEND_FIELDS))})")
+    name = _str(f"{where}.name", value.get("name"))
+    from backends.base import REGISTRY
+    if name not in REGISTRY:
+        raise ConfigError(f"{where}.name: unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    options = value.get("options", {}) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}.options: expected a mapping")
+    t = value.get("threads", threads)
+    return BackendSpec(
+        name=name,
+        variant=_str(f"{where}.variant", value.get("variant", "default")),
+        threads=None if t is None else _int(f"{where}.threads", t, 1, 1024),
+        device=_str(f"{where}.device", value.get("device", device)),
+        options=dict(options),
+    )
+
+
+def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise ConfigError(f"{source}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
+    for k in ("model", "input", "backends"):
+        if k not in data:
+            raise ConfigError(f"{source}: missing required field {k!r}")
+    threads = data.get("threads")
+    if threads is not None:
+        threads = _int("threads", threads, 1, 1024)
+    device = _str("device", data.get("device", "cpu"))
+    images = data.get("images", ["default"])
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not images:
+        raise ConfigError("images: expected a non-empty list of image paths")
+    backends = data["backends"]
+    if not isinstance(backends, list) or not backends:
+        raise ConfigError("backends: expected a non-empty list")
+    threshold = data.get("threshold", 0.8)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold: expected a number in [0, 1], got {threshold!r}")
+    specs = tuple(_backend(f"backends[{i}]", b, threads, device) for i, b in enumerate(backends))
+    keys = [(b.name, b.variant, b.device) for b in specs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("backends: the same backend, variant and device is listed twice")
+    reference = data.get("reference")
+    if reference is not None and reference not in {b.name for b in specs}:
+        raise ConfigError(f"reference: {reference!r} is not one of the scenario's backends")
+    family = data.get("family")
+    if family is not None and family not in ("insightface", "biubug6"):
+        raise ConfigError(f"family: expected 'insightface' or 'biubug6', got {family!r}")
+    return Scenario(
+        name=_str("name", data.get("name", Path(source).stem)),
+        model=_str("model", data["model"]),
+        images=tuple(_str(f"images[{i}]", v) for i, v in enumerate(images)),
+        input=_input("input", data["input"]),
+        backends=specs,
+        batches=_int_list("batches", data.get("batches", [1]), 1, MAX_BATCH),
+        max_batch=_int_list("max_batch", data["max_batch"], 1, MAX_BATCH) if "max_batch" in data else (),
+        loops=_int("loops", data.get("loops", 1000), 1, MAX_LOOPS),
+        warmup=_int("warmup", data.get("warmup", 50), 0, MAX_LOOPS),
+        threshold=float(threshold),
+        family=family,
+        reference=reference,
+        results_dir=_str("results_dir", data.get("results_dir", "results")),
+        source=source,
+    )
+
+
+def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Scenario:
+    """Read and validate a YAML scenario, then apply environment and CLI overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)  # safe: a config can never construct Python objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if isinstance(data, dict):
+        data = dict(data)
+        if os.environ.get("RETINABENCH_MODEL"):
+            data["model"] = os.environ["RETINABENCH_MODEL"]
+        if os.environ.get("RETINABENCH_IMAGE"):
+            data["images"] = os.environ["RETINABENCH_IMAGE"].split(os.pathsep)
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                data[k] = v
+    return scenario_from_dict(data, str(path))
+

@@ -1,0 +1,130 @@
+"""One backend run in its own process: `python -m retinabench.harness.worker JOB.json`.
+
+Frameworks never share a process (MXNet, Caffe, TensorRT bring their own CUDA, protobuf and
+threads), a crash ends one row rather than the run, and a backend can live in another interpreter
+(real pycaffe needs Python <= 3.9). The worker does its own timing, so no inter-process cost
+enters a measurement. It writes result.json (+ samples.npz, outputs.npz) into the job's folder,
+atomically, and prints progress lines `P <done> <total>` on stdout.
+
+Exit codes: 0 passed, 3 unavailable (runtime or device missing), 4 failed with a known reason.
+Anything else (a signal, an uncaught error) is a crash, reported by the parent with its stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List
+
+EXIT_PASSED, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 3, 4
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _write_npz(path: Path, **arrays: Any) -> None:
+    import numpy as np
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_images(paths: List[str]):
+    import cv2
+    from retinabench.errors import BenchError
+    images = []
+    for p in paths:
+        img = cv2.imread(p, cv2.IMREAD_COLOR)
+        if img is None:
+            raise BenchError(f"image {p} cannot be read as an image")
+        images.append(img)
+    return images
+
+
+def run_job(job: Dict[str, Any], out: Path) -> int:
+    from backends.base import backend_class
+    from retinabench.errors import BackendUnavailable
+    from retinabench.harness.loop import measure
+    from retinabench.model.family import get_family
+    from retinabench.model.preprocess import Preprocessor
+    from retinabench.model.source import open_model
+
+    spec = job["backend"]
+    cls = backend_class(spec["name"])
+    ok, reason = cls.available()
+    if not ok:
+        raise BackendUnavailable(reason)
+    model = open_model(Path(job["model"]), job.get("family"))
+    family = get_family(model.family)
+    images = _load_images(job["images"])
+    batch = int(job["batch"])
+    batch_images = [images[i % len(images)] for i in range(batch)]
+    inp = job["input"]
+    pre = Preprocessor(family.normalization, inp["mode"], (inp["width"], inp["height"]) if inp["mode"] == "fit" else None)
+    n, c, h, w = pre.blob_shape(batch_images)
+
+    backend = cls(variant=spec.get("variant", "default"), threads=spec.get("threads"),
+                  device=spec.get("device", "cpu"), options=spec.get("options") or {})
+    t_load = time.perf_counter()
+    with backend:
+        backend.load(model, batch, h, w)
+        load_s = time.perf_counter() - t_load
+        decode = family.make_decoder(backend.output_names, float(job["threshold"]))
+
+        def progress(done: int, total: int) -> None:
+            sys.stdout.write(f"P {done} {total}\n")
+            sys.stdout.flush()
+
+        monitor = None
+        if str(backend.device).startswith("cuda") and job.get("gpu_monitor", True):
+            from retinabench.harness.gpu_monitor import GpuMonitor
+            monitor = GpuMonitor(int(str(backend.device).split(":")[1]) if ":" in str(backend.device) else 0)
+        result = measure(pre, backend.infer, decode, batch_images, int(job["loops"]), int(job["warmup"]),
+                         progress, on_measure_start=monitor.start if monitor else None)
+        gpu_samples = monitor.stop() if monitor else []
+        extra = getattr(backend, "extra_metrics", lambda: {})()
+        record = {
+            "status": "passed", "reason": "", "load_s": load_s,
+            "versions": backend.versions(), "settings": backend.settings(),
+            "output_names": list(backend.output_names), "model": model.describe(),
+            "blob_shape": [n, c, h, w], "faces": [f.to_json()["faces"] for f in result.faces],
+            "gpu_samples": gpu_samples, "gpu_monitor_error": monitor.error if monitor else "",
+            "extra": extra,
+        }
+    _write_npz(out / "samples.npz", samples=result.samples_ns, warmup=result.warmup_ns)
+    if job.get("save_outputs", True):
+        _write_npz(out / "outputs.npz", **{k: v[:1] for k, v in result.outputs.items()})
+    _write_json(out / "result.json", record)
+    return EXIT_PASSED
+
+
+def main(argv: List[str]) -> int:
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    out = job_path.parent
+    threads = job["backend"].get("threads")
+    if threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        return run_job(job, out)
+    except Exception as e:  # every failure becomes a row with a status and a reason
+        from retinabench.errors import BackendUnavailable, BenchError
+        if isinstance(e, BackendUnavailable):
+            status, code = "unavailable", EXIT_UNAVAILABLE
+        else:
+            status, code = "failed", EXIT_FAILED
+        reason = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, BenchError):
+            traceback.print_exc(file=sys.stderr)
+        _write_json(out / "result.json", {"status": status, "reason": reason.splitlines()[0] if reason else status})
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

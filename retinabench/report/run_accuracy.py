@@ -1,0 +1,76 @@
+"""The accuracy section of a run: every row's outputs and faces against the reference backend's.
+
+Raw outputs (first image of the batch) are kept in the run's .work folder while it runs; the
+comparison lands in accuracy_outputs.csv (max/mean abs diff per output) and accuracy_faces.csv
+(faces found, matched, missed, extra, IoU and shifts).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from retinabench.model.detections import Faces
+from retinabench.report.accuracy import compare_faces, output_diffs
+from retinabench.report.results import RowResult, atomic_text
+
+FACE_COLUMNS = ["backend", "variant", "input", "batch", "reference", "reference_faces", "faces", "matched",
+                "missed", "extra", "min_iou", "max_box_shift_px", "max_landmark_shift_px", "max_score_diff"]
+OUTPUT_COLUMNS = ["backend", "variant", "input", "batch", "reference", "output", "max_abs", "mean_abs"]
+
+
+def _outputs(run_dir: Path, key: str) -> Optional[Dict[str, np.ndarray]]:
+    path = run_dir / ".work" / key / "outputs.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _faces(row: RowResult) -> Faces:
+    faces = row.info.get("faces") or [[]]
+    return Faces.from_json({"faces": faces[0]})
+
+
+def pick_reference(rows: List[RowResult], reference: Optional[str]) -> Optional[RowResult]:
+    passed = [r for r in rows if r.status == "passed"]
+    if reference:
+        passed = [r for r in passed if r.backend == reference]
+    return min(passed, key=lambda r: r.batch) if passed else None
+
+
+def write_accuracy(run_dir: Path, rows: List[RowResult], reference: Optional[str]) -> None:
+    ref = pick_reference(rows, reference)
+    if ref is None:
+        return
+    ref_out = _outputs(run_dir, ref.key)
+    ref_faces = _faces(ref)
+    faces_rows, output_rows = [], []
+    for r in rows:
+        if r.status != "passed" or r.input != ref.input:
+            continue
+        base = {"backend": r.backend, "variant": r.variant, "input": r.input, "batch": r.batch,
+                "reference": f"{ref.backend}/{ref.variant}"}
+        faces_rows.append({**base, **compare_faces(ref_faces, _faces(r)).to_dict()})
+        out = _outputs(run_dir, r.key)
+        if ref_out is not None and out is not None:
+            try:
+                diffs = output_diffs(ref_out, out)
+            except ValueError:  # another model layout: faces still compare
+                diffs = []
+            output_rows += [{**base, "output": d.output, "max_abs": d.max_abs, "mean_abs": d.mean_abs} for d in diffs]
+    _write_csv(run_dir / "accuracy_faces.csv", FACE_COLUMNS, faces_rows)
+    if output_rows or not (run_dir / "accuracy_outputs.csv").exists():
+        _write_csv(run_dir / "accuracy_outputs.csv", OUTPUT_COLUMNS, output_rows)
+
+
+def _write_csv(path: Path, columns: List[str], rows: List[Dict[str, object]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_text(path, buf.getvalue())
