@@ -53,32 +53,45 @@ class InsightFaceDecoder:
     def __call__(self, outputs: Dict[str, np.ndarray], metas: List[ImageMeta]) -> List[Faces]:
         return [self._one(outputs, b, meta) for b, meta in enumerate(metas)]
 
-    def _one(self, outputs: Dict[str, np.ndarray], b: int, meta: ImageMeta) -> List[Faces]:
-        boxes, scores, lmks = [], [], []
+    def _one(self, outputs: Dict[str, np.ndarray], b: int, meta: ImageMeta) -> Faces:
+        anchors, scores, deltas, lmks = [], [], [], []
         for stride, (cls_name, bbox_name, lmk_name) in self.roles.items():
             base = self.base[stride]
             a = base.shape[0]
             fg = outputs[cls_name][b, a:]                       # [A, H, W] foreground probability
-            ai, yi, xi = np.nonzero(fg >= self.threshold)
-            if ai.size == 0:
+            h, w = fg.shape[1:]
+            flat = fg.reshape(-1)
+            idx = np.flatnonzero(flat >= self.threshold)
+            if idx.size == 0:
                 continue
-            score = fg[ai, yi, xi]
-            anchor = base[ai].copy()                            # [n, 4]
+            ai, cell = np.divmod(idx, h * w)
+            yi, xi = np.divmod(cell, w)
+            anchor = base[ai]                                   # fancy indexing copies
             anchor[:, 0::2] += (xi * stride)[:, None]
             anchor[:, 1::2] += (yi * stride)[:, None]
-            d = outputs[bbox_name][b].reshape(a, 4, *fg.shape[1:])[ai, :, yi, xi]      # [n, 4]
-            l = outputs[lmk_name][b].reshape(a, 5, 2, *fg.shape[1:])[ai, :, :, yi, xi]  # [n, 5, 2]
-            box, lmk = _decode(anchor, d.astype(np.float32), l.astype(np.float32))
-            # Clip to the image content as insightface's clip_boxes does (to the padded blob there).
-            np.clip(box[:, 0::2], 0, meta.content_width - 1, out=box[:, 0::2])
-            np.clip(box[:, 1::2], 0, meta.content_height - 1, out=box[:, 1::2])
-            boxes.append(box); scores.append(score); lmks.append(lmk)
-        if not boxes:
+            anchors.append(anchor)
+            scores.append(flat[idx])
+            deltas.append(outputs[bbox_name][b].reshape(a, 4, h * w)[ai, :, cell])
+            lmks.append(outputs[lmk_name][b].reshape(a, 10, h * w)[ai, :, cell])
+        if not scores:
             return Faces.empty()
-        box, score, lmk = np.concatenate(boxes), np.concatenate(scores), np.concatenate(lmks)
+        if len(scores) == 1:
+            anchor, score, delta, lmk = anchors[0], scores[0], deltas[0], lmks[0]
+        else:
+            anchor, score = np.concatenate(anchors), np.concatenate(scores)
+            delta, lmk = np.concatenate(deltas), np.concatenate(lmks)
+        box, landmarks = _decode(anchor, delta.astype(np.float32, copy=False),
+                                 lmk.astype(np.float32, copy=False).reshape(-1, 5, 2))
+        # Clip to the image content, as insightface's clip_boxes does (to the whole blob there,
+        # which is the image itself in native mode).
+        np.minimum(box[:, 0::2], meta.content_width - 1, out=box[:, 0::2])
+        np.minimum(box[:, 1::2], meta.content_height - 1, out=box[:, 1::2])
+        np.maximum(box, 0, out=box)
         keep = nms(box, score, self.nms_threshold, plus_one=True)
-        inv = 1.0 / meta.scale
-        return Faces(box[keep] * inv, score[keep].astype(np.float32), lmk[keep] * inv)
+        if meta.scale != 1.0:
+            inv = np.float32(1.0 / meta.scale)
+            return Faces(box[keep] * inv, score[keep].astype(np.float32), landmarks[keep] * inv)
+        return Faces(box[keep], score[keep].astype(np.float32), landmarks[keep])
 
 
 def _decode(anchor: np.ndarray, deltas: np.ndarray, lmk: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
