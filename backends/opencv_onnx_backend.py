@@ -1,0 +1,67 @@
+"""OpenCV DNN running the ONNX model (readNetFromONNX), OpenCV's own CPU backend.
+
+OpenCV's threads are process-wide (cv2.setNumThreads) and also serve preprocessing; the worker
+runs one backend per process, so setting them here sets them for the whole row.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from backends.base import Backend
+from retinabench.errors import BackendUnavailable, ModelError
+
+
+class OpenCVOnnxBackend(Backend):
+    name = "opencv-onnx"
+
+    @classmethod
+    def available(cls) -> Tuple[bool, str]:
+        try:
+            import cv2
+        except Exception as e:
+            return False, f"cv2 does not import ({type(e).__name__}: {e})"
+        if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromONNX"):
+            return False, f"opencv {cv2.__version__} has no dnn.readNetFromONNX"
+        return True, ""
+
+    def load(self, model, batch: int, height: int, width: int) -> None:
+        import cv2
+        import onnx
+        from retinabench.graph.onnx_export import onnx_for
+
+        if self.device != "cpu":
+            raise BackendUnavailable(f"opencv-onnx backend runs on the CPU only (asked for {self.device!r})")
+        if self.threads:
+            cv2.setNumThreads(int(self.threads))
+        path = onnx_for(model, (batch, 3, height, width))
+        try:
+            net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as e:
+            raise ModelError(f"{path}: OpenCV {cv2.__version__} cannot import it ({str(e).strip().splitlines()[-1]})") from None
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        self._net = net
+        # Graph outputs in the file's order: OpenCV's unconnected-layer list comes back sorted by name.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self._input = graph.input[0].name
+        self.output_names = [o.name for o in graph.output]
+
+    def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
+        self._net.setInput(blob, self._input)
+        outs = self._net.forward(self.output_names)  # fresh arrays each call (not views of net buffers)
+        return dict(zip(self.output_names, outs))
+
+    def versions(self) -> Dict[str, str]:
+        import cv2
+        return {"opencv": cv2.__version__}
+
+    def settings(self) -> Dict[str, Any]:
+        import cv2
+        s = super().settings()
+        s.update(threads=cv2.getNumThreads(), dnn_backend="opencv", dnn_target="cpu", precision="f32")
+        return s
+
+    def close(self) -> None:
+        self._net = None
