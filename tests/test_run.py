@@ -1,0 +1,85 @@
+"""A whole run end to end: worker processes, results folder, summary.csv's stable columns."""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from retinabench.report.results import read_rows
+
+REQUIRED = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
+            "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnet25_dir, t1_path):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "tiny", "model": str(mnet25_dir), "images": [str(t1_path)],
+        "input": {"mode": "fit", "width": 640, "height": 448}, "threads": 1,
+        "batches": [1, 2], "loops": 7, "warmup": 2, "reference": "mxnet",
+        "backends": ["mxnet", "empty", "tensorrt"],
+    }))
+    out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp / "results")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "mxnet" in out.stdout and "results:" in out.stdout
+    (run,) = (tmp / "results").iterdir()
+    return run
+
+
+def test_results_folder_layout(run_dir):
+    for name in ("run.json", "config.yaml", "env.json", "summary.csv", "summary.md", "samples.csv.gz",
+                 "detections.json", "accuracy_faces.csv"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["missing"] == []
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["cpu_model"] and "git_commit" in env
+
+
+def test_summary_csv_columns_and_rows(run_dir):
+    rows = list(csv.DictReader((run_dir / "summary.csv").open()))
+    assert list(rows[0].keys())[:len(REQUIRED)] == REQUIRED
+    mx = [r for r in rows if r["backend"] == "mxnet"]
+    assert {(r["batch"], r["stage"]) for r in mx} == {(b, s) for b in ("1", "2")
+                                                      for s in ("preprocess", "inference", "postprocess", "total")}
+    for r in mx:
+        assert int(r["n"]) == 7 and r["input"] == "640x448" and r["max_batch"] == r["batch"]
+        assert float(r["min_ms"]) <= float(r["median_ms"]) <= float(r["p90_ms"]) <= float(r["p99_ms"]) <= float(r["max_ms"])
+    trt = [r for r in rows if r["backend"] == "tensorrt"]
+    assert trt and all(r["status"] == "unavailable" and r["n"] == "0" for r in trt)
+
+
+def test_samples_are_kept_and_stages_add_up(run_dir):
+    rows = read_rows(run_dir)
+    r = rows["mxnet-default-b2-m2"]
+    assert r.samples_ns.shape == (7, 4) and r.warmup_ns.shape == (2, 4)
+    np.testing.assert_array_equal(r.samples_ns[:, :3].sum(axis=1), r.samples_ns[:, 3])
+    with gzip.open(run_dir / "samples.csv.gz", "rt") as f:
+        long = list(csv.DictReader(f))
+    assert len([x for x in long if x["backend"] == "mxnet"]) == 2 * 7 * 4
+
+
+def test_detections_and_accuracy(run_dir):
+    det = json.loads((run_dir / "detections.json").read_text())
+    faces = det["mxnet-default-b1-m1"]["faces"]
+    assert len(faces) == 6  # t1.jpg at 640x448 still shows its six faces
+    assert len(det["mxnet-default-b2-m2"]["faces"]) == 6
+    acc = list(csv.DictReader((run_dir / "accuracy_faces.csv").open()))
+    b2 = [a for a in acc if a["backend"] == "mxnet" and a["batch"] == "2"][0]
+    assert b2["matched"] == "6" and b2["missed"] == "0" and b2["extra"] == "0"
+
+
+def test_runs_never_share_a_folder(tmp_path):
+    from retinabench.report.results import create_run_dir
+    dirs = {create_run_dir(tmp_path, "same") for _ in range(5)}
+    assert len(dirs) == 5
