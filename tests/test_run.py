@@ -71,9 +71,9 @@ def test_samples_are_kept_and_stages_add_up(run_dir):
 
 def test_detections_and_accuracy(run_dir):
     det = json.loads((run_dir / "detections.json").read_text())
-    faces = det["mxnet-default-b1-m1"]["faces"]
+    (faces,) = det["mxnet-default-b1-m1"]["faces_per_image"]
     assert len(faces) == 6  # t1.jpg at 640x448 still shows its six faces
-    assert len(det["mxnet-default-b2-m2"]["faces"]) == 6
+    assert [len(f) for f in det["mxnet-default-b2-m2"]["faces_per_image"]] == [6, 6]
     acc = list(csv.DictReader((run_dir / "accuracy_faces.csv").open()))
     b2 = [a for a in acc if a["backend"] == "mxnet" and a["batch"] == "2"][0]
     assert b2["matched"] == "6" and b2["missed"] == "0" and b2["extra"] == "0"

@@ -186,5 +186,6 @@ def write_samples(run_dir: Path, rows: List[RowResult]) -> None:
 
 
 def write_detections(run_dir: Path, rows: List[RowResult]) -> None:
-    data = {r.key: {**r.header(), "faces": r.info.get("faces", [])} for r in rows if r.status == "passed"}
+    """Per row, `faces_per_image`: one list of faces for each image of the batch (last loop)."""
+    data = {r.key: {**r.header(), "faces_per_image": r.info.get("faces", [])} for r in rows if r.status == "passed"}
     atomic_text(run_dir / "detections.json", json.dumps(data, indent=1))
