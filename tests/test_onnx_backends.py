@@ -106,8 +106,18 @@ def small_batch(mnet25, t1_image):
     return blob, metas, ref
 
 
+@pytest.fixture
+def restore_threads():
+    """torch and OpenCV thread counts are process-wide: give later tests theirs back."""
+    import cv2
+    import torch
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    torch.set_num_threads(before[0]); cv2.setNumThreads(before[1])
+
+
 @pytest.mark.parametrize("name,variant", F32)
-def test_batch_of_two_at_another_size_with_one_thread(mnet25, small_batch, name, variant):
+def test_batch_of_two_at_another_size_with_one_thread(mnet25, small_batch, restore_threads, name, variant):
     blob, metas, ref = small_batch
     out, names, settings = _run(mnet25, name, variant, blob, threads=1)
     assert settings["threads"] == 1
