@@ -49,6 +49,23 @@ class Backend(ABC):
     def versions(self) -> Dict[str, str]:
         return {}
 
+    # Device-side pipeline stages (GPU preprocessing, GPU decode + NMS), offered as named variants.
+    # None means the family's shared numpy stage is used. A device preprocess returns whatever
+    # `infer` accepts; with a device postprocess, `infer` may return synchronised device outputs,
+    # and `host_outputs` converts them for the accuracy comparison (outside the measured loop).
+    def device_preprocess(self, family, mode: str, size: Optional[Tuple[int, int]]):
+        return None
+
+    def device_postprocess(self, family, output_names: List[str], threshold: float):
+        return None
+
+    def host_outputs(self, outputs: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        return outputs
+
+    def extra_metrics(self) -> Dict[str, Any]:
+        """Anything measured beside the stages, e.g. per-loop CUDA-event GPU times (`gpu_time_ms`)."""
+        return {}
+
     def settings(self) -> Dict[str, Any]:
         """What a timing depends on besides versions: threads, precision, device. Recorded per row."""
         return {"threads": self.threads, "device": self.device, "variant": self.variant}

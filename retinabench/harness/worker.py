@@ -66,7 +66,8 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
     batch = int(job["batch"])
     batch_images = [images[i % len(images)] for i in range(batch)]
     inp = job["input"]
-    pre = Preprocessor(family.normalization, inp["mode"], (inp["width"], inp["height"]) if inp["mode"] == "fit" else None)
+    size = (inp["width"], inp["height"]) if inp["mode"] == "fit" else None
+    pre = Preprocessor(family.normalization, inp["mode"], size)
     n, c, h, w = pre.blob_shape(batch_images)
 
     backend = cls(variant=spec.get("variant", "default"), threads=spec.get("threads"),
@@ -75,7 +76,10 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
     with backend:
         backend.load(model, batch, h, w)
         load_s = time.perf_counter() - t_load
-        decode = family.make_decoder(backend.output_names, float(job["threshold"]))
+        threshold = float(job["threshold"])
+        pre = backend.device_preprocess(family, inp["mode"], size) or pre
+        decode = (backend.device_postprocess(family, backend.output_names, threshold)
+                  or family.make_decoder(backend.output_names, threshold))
 
         def progress(done: int, total: int) -> None:
             sys.stdout.write(f"P {done} {total}\n")
@@ -88,7 +92,7 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
         result = measure(pre, backend.infer, decode, batch_images, int(job["loops"]), int(job["warmup"]),
                          progress, on_measure_start=monitor.start if monitor else None)
         gpu_samples = monitor.stop() if monitor else []
-        extra = getattr(backend, "extra_metrics", lambda: {})()
+        extra = backend.extra_metrics()
         record = {
             "status": "passed", "reason": "", "load_s": load_s,
             "versions": backend.versions(), "settings": backend.settings(),
@@ -97,9 +101,10 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
             "gpu_samples": gpu_samples, "gpu_monitor_error": monitor.error if monitor else "",
             "extra": extra,
         }
+        if job.get("save_outputs", True):
+            host = backend.host_outputs(result.outputs)
+            _write_npz(out / "outputs.npz", **{k: v[:1] for k, v in host.items()})
     _write_npz(out / "samples.npz", samples=result.samples_ns, warmup=result.warmup_ns)
-    if job.get("save_outputs", True):
-        _write_npz(out / "outputs.npz", **{k: v[:1] for k, v in result.outputs.items()})
     _write_json(out / "result.json", record)
     return EXIT_PASSED
 
