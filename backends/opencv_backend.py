@@ -1,0 +1,78 @@
+"""OpenCV DNN running a Caffe model (cv2.dnn.readNetFromCaffe), in the main environment.
+
+The same prototxt/caffemodel the `caffe` backend runs: a Caffe model as it is (input shape
+rewritten to the scenario's), any other format converted through the graph (option `upsample`:
+'exact' or 'bilinear'). The net is built once in load(); infer() is setInput + forward(outputs).
+OpenCV 5 removed the Caffe importer, so 4.x is required.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from backends.base import Backend
+from retinabench.errors import BackendUnavailable, BenchError
+
+
+class OpenCVCaffeBackend(Backend):
+    name = "opencv-caffe"
+
+    @classmethod
+    def available(cls) -> Tuple[bool, str]:
+        try:
+            import cv2
+        except Exception as e:
+            return False, f"cv2 does not import ({type(e).__name__}: {e})"
+        if not hasattr(cv2.dnn, "readNetFromCaffe"):
+            return False, f"OpenCV {cv2.__version__} has no Caffe importer (removed in OpenCV 5; use 4.x)"
+        return True, ""
+
+    def load(self, model, batch: int, height: int, width: int) -> None:
+        import cv2
+        from retinabench.graph.caffe_export import cached_caffe_files, check_upsample
+        from retinabench.graph.caffe_import import load_caffe
+
+        self.upsample = check_upsample(self.options.get("upsample", "exact"))
+        if self.threads:
+            cv2.setNumThreads(int(self.threads))
+        files = cached_caffe_files(model, (batch, 3, height, width), self.upsample)
+        if not files.converted:  # a third-party pair: fail on a mismatch by layer name, not deep in OpenCV
+            load_caffe(files.prototxt, files.caffemodel)
+        net = cv2.dnn.readNetFromCaffe(str(files.prototxt), str(files.caffemodel))
+        if self.device.startswith("cuda"):
+            if not hasattr(cv2, "cuda") or cv2.cuda.getCudaEnabledDeviceCount() == 0:
+                raise BackendUnavailable("this OpenCV build has no CUDA (or no CUDA device is visible)")
+            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
+            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA)
+        else:
+            net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        self._net = net
+        self._files = files
+        self._layers: List[str] = list(files.output_layers)
+        self._shape = (batch, 3, height, width)
+        self.output_names = list(files.outputs)
+
+    def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
+        if blob.shape != self._shape:
+            raise BenchError(f"opencv-caffe: blob shape {blob.shape} != loaded shape {self._shape}")
+        self._net.setInput(blob)
+        outs = self._net.forward(self._layers)  # fresh host arrays, complete on return
+        return dict(zip(self.output_names, outs))
+
+    def versions(self) -> Dict[str, str]:
+        import cv2
+        return {"opencv": cv2.__version__}
+
+    def settings(self) -> Dict[str, Any]:
+        import cv2
+        s = super().settings()
+        files = getattr(self, "_files", None)
+        s.update(opencv_threads=cv2.getNumThreads(),
+                 upsample=self.upsample if files is not None and files.converted else "as in model",
+                 converted=bool(files.converted) if files is not None else None)
+        return s
+
+    def close(self) -> None:
+        self._net = None

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv-caffe: real pycaffe (BVLC Caffe 1.0, kendryte-caffe wheels exist for cp36-cp39 only)
+# plus what the benchmark worker imports there. Idempotent: a complete env is checked and left alone.
+#   scripts/setup_caffe.sh            # uses ~/.pyenv/versions/3.9.18/bin/python
+#   CAFFE_BASE_PYTHON=/path/python3.9 scripts/setup_caffe.sh
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RETINABENCH_CAFFE_VENV:-$ROOT/.venv-caffe}"
+BASE="${CAFFE_BASE_PYTHON:-$HOME/.pyenv/versions/3.9.18/bin/python}"
+# protobuf >= 4 and numpy 2 break pycaffe (so: the last 3.x and 1.x); opencv-python-headless 4.10 is the
+# newest that runs on numpy 1.x. PyYAML 6.0.4 (main env) has no cp39 wheel.
+PACKAGES=(kendryte-caffe==1.0.0.20210829 "numpy==1.26.4" "protobuf==3.20.3" "PyYAML==6.0.2" "opencv-python-headless==4.10.0.84")
+CHECK='import caffe, numpy, yaml, cv2, google.protobuf; assert numpy.__version__ < "2"'
+
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
+    echo "setup_caffe: $VENV is ready ($("$VENV/bin/python" -c 'import caffe, cv2; print("caffe", caffe.__version__, "opencv", cv2.__version__)' 2>/dev/null))"
+    exit 0
+fi
+if [ ! -x "$BASE" ]; then
+    echo "setup_caffe: Python 3.9 not found at $BASE (install it with 'pyenv install 3.9.18' or set CAFFE_BASE_PYTHON)" >&2
+    exit 1
+fi
+[ -x "$VENV/bin/python" ] || "$BASE" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PACKAGES[@]}"
+"$VENV/bin/python" -c "$CHECK" || { echo "setup_caffe: $VENV was created but 'import caffe' fails" >&2; exit 1; }
+echo "setup_caffe: $VENV ready ($("$VENV/bin/python" -c 'import caffe, cv2; print("caffe", caffe.__version__, "opencv", cv2.__version__)' 2>/dev/null))"
