@@ -12,7 +12,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from backends.base import Backend
-from retinabench.errors import BackendUnavailable
+from retinabench.errors import BackendUnavailable, BenchError
 
 
 class OnnxRuntimeBackend(Backend):
@@ -43,8 +43,11 @@ class OnnxRuntimeBackend(Backend):
         self.intra_threads = int(self.threads) if self.threads else len(os.sched_getaffinity(0))
         opts.intra_op_num_threads = self.intra_threads
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                self.options.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+        level = str(self.options.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+        if not level.startswith("ORT_") or not hasattr(ort.GraphOptimizationLevel, level):
+            raise BenchError(f"onnxruntime option graph_optimization_level={level!r}: want ORT_DISABLE_ALL, "
+                             "ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED or ORT_ENABLE_ALL")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         self._opt_level = opts.graph_optimization_level
         path = onnx_for(model, (batch, 3, height, width))
         self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
