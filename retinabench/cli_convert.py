@@ -37,6 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="nearest UpSampling as Deconvolution: 'exact' (kernel 2, all ones; identical) or "
                         "'bilinear' (kernel 4, pad 1; the original project's, changes outputs)")
     p.add_argument("--family", default=None, help="model family, if not the format's default")
+    p.set_defaults(func=run)
     return p
 
 

@@ -2,14 +2,15 @@
 # Create .venv-caffe: real pycaffe (BVLC Caffe 1.0, kendryte-caffe wheels exist for cp36-cp39 only)
 # plus what the benchmark worker imports there. Idempotent: a complete env is checked and left alone.
 #   scripts/setup_caffe.sh            # uses ~/.pyenv/versions/3.9.18/bin/python
-#   CAFFE_BASE_PYTHON=/path/python3.9 scripts/setup_caffe.sh
+#   CAFFE_BASE_PYTHON=/path/python3.9 scripts/setup_caffe.sh   # another 3.6-3.9 interpreter
+#   RETINABENCH_CAFFE_VENV=DIR scripts/setup_caffe.sh          # elsewhere; then set RETINABENCH_CAFFE_PYTHON=DIR/bin/python
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RETINABENCH_CAFFE_VENV:-$ROOT/.venv-caffe}"
 BASE="${CAFFE_BASE_PYTHON:-$HOME/.pyenv/versions/3.9.18/bin/python}"
-# protobuf >= 4 and numpy 2 break pycaffe (so: the last 3.x and 1.x); opencv-python-headless 4.10 is the
-# newest that runs on numpy 1.x. PyYAML 6.0.4 (main env) has no cp39 wheel.
+# protobuf >= 4 and numpy 2 break pycaffe (so: the last 3.x and 1.x); opencv-python-headless is the main
+# env's (>= 4.12 wants numpy 2). PyYAML 6.0.4 (the main env's) has no cp39 wheel.
 PACKAGES=(kendryte-caffe==1.0.0.20210829 "numpy==1.26.4" "protobuf==3.20.3" "PyYAML==6.0.2" "opencv-python-headless==4.10.0.84")
 CHECK='import caffe, numpy, yaml, cv2, google.protobuf; assert numpy.__version__ < "2"'
 

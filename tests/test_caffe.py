@@ -255,6 +255,64 @@ def test_third_party_caffe_imports(name, seed_caffe_dirs):
     assert graph.node("crop0").attrs["offset"] == (0, 0)  # axis 1 with 3 offsets became a spatial crop
 
 
+TINY_NET = """
+name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 10 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "bn1" batch_norm_param { eps: 0.001 } }
+layer { name: "sc2" type: "Scale" bottom: "conv1" top: "sc2" scale_param { bias_term: false } }
+layer { name: "sum" type: "Eltwise" bottom: "bn1" bottom: "sc2" bottom: "conv1" top: "sum" }
+layer { name: "lrelu" type: "ReLU" bottom: "sum" top: "sum" relu_param { negative_slope: 0.1 } }
+layer { name: "perm" type: "Permute" bottom: "bn1" top: "perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "flat" type: "Reshape" bottom: "perm" top: "flat" reshape_param { shape { dim: -1 dim: 4 } axis: 1 } }
+"""
+
+
+def test_import_keeps_caffe_semantics(tmp_path):
+    """In-place layers, a standalone BatchNorm (scale factor != 1) and Scale, a 3-way Eltwise,
+    Permute and an axis-1 Reshape: the imported graph, exported again, computes the same in OpenCV."""
+    import cv2
+    from retinabench.graph.caffe_import import net_outputs
+    rng = np.random.default_rng(0)
+    net = read_prototxt_text(TINY_NET)
+    model = type(net)()
+    model.CopyFrom(net)
+    blobs = {"conv1": [rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)],
+             "bn1": [rng.normal(size=4) * 2.0, rng.uniform(0.5, 2, size=4) * 2.0, np.array([2.0])],
+             "sc2": [rng.normal(size=4)]}
+    for layer in model.layer:
+        for arr in blobs.get(layer.name, []):
+            b = layer.blobs.add()
+            b.shape.dim.extend(arr.shape)
+            b.data.extend(np.asarray(arr, np.float32).ravel().tolist())
+    (tmp_path / "tiny.prototxt").write_text(TINY_NET)
+    (tmp_path / "tiny.caffemodel").write_bytes(model.SerializeToString())
+    graph = load_caffe(tmp_path / "tiny.prototxt", tmp_path / "tiny.caffemodel")
+    assert graph.outputs == ["sum", "flat"]
+    assert graph.node("sum").op == "leaky_relu" and graph.node("conv1").op == "relu"
+    write_caffe(graph, tmp_path / "back.prototxt", tmp_path / "back.caffemodel", (1, 3, 8, 10))
+    x = rng.uniform(-1, 1, size=(1, 3, 8, 10)).astype(np.float32)
+    results = []
+    for stem in ("tiny", "back"):
+        proto = tmp_path / f"{stem}.prototxt"
+        layers = [layer for _, layer in net_outputs(read_prototxt(proto))]
+        cvnet = cv2.dnn.readNetFromCaffe(str(proto), str(tmp_path / f"{stem}.caffemodel"))
+        cvnet.setInput(x)
+        results.append(cvnet.forward(layers))
+    for a, b in zip(*results):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert results[0][1].shape == (1, 80, 4)
+
+
+def read_prototxt_text(text):
+    from google.protobuf import text_format
+    from retinabench.graph.caffe_proto import caffe_pb2
+    return text_format.Parse(text, caffe_pb2.NetParameter())
+
+
 # --- third-party Caffe models, both runtimes, reshaped -------------------------------------------
 
 @pytest.mark.parametrize("size", FIT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -322,6 +380,7 @@ def test_convert_command_writes_caffe_files(mnet25_dir, tmp_path):
     import cv2
     cli, args = _convert_args(str(mnet25_dir), "--to", "caffe", "--out", str(tmp_path), "--size", "640x448",
                               "--upsample", "bilinear")
+    assert args.func is cli.run  # how bench.py dispatches
     assert cli.run(args) == 0
     prototxt, caffemodel = tmp_path / "mnet.25.prototxt", tmp_path / "mnet.25.caffemodel"
     net = read_prototxt(prototxt)
