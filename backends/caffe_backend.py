@@ -73,8 +73,14 @@ def _has_cuda(caffe) -> bool:
     return b"cudaGetDeviceCount" in data or b"libcudart" in data
 
 
+# Variants name the upsampling policy of a converted model, so exact and bilinear are two rows of
+# one scenario: 'default' is exact (identical to nearest x2), 'bilinear' is the original port's.
+UPSAMPLE_BY_VARIANT = {"default": "exact", "bilinear": "bilinear"}
+
+
 class CaffeBackend(Backend):
     name = "caffe"
+    variants = tuple(UPSAMPLE_BY_VARIANT)
 
     @classmethod
     def interpreter(cls) -> Optional[str]:
@@ -98,7 +104,7 @@ class CaffeBackend(Backend):
         from retinabench.graph.caffe_export import cached_caffe_files, check_upsample
         from retinabench.graph.caffe_import import deploy_layers, load_caffe, read_prototxt
 
-        self.upsample = check_upsample(self.options.get("upsample", "exact"))
+        self.upsample = check_upsample(self.options.get("upsample", UPSAMPLE_BY_VARIANT[self.variant]))
         if self.threads:  # read by OpenBLAS when libcaffe loads; set again below for an early import
             os.environ.setdefault("OPENBLAS_NUM_THREADS", str(self.threads))
         caffe = _import_caffe()

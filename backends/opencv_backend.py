@@ -12,11 +12,14 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from backends.base import Backend
+from backends.caffe_backend import UPSAMPLE_BY_VARIANT
 from retinabench.errors import BackendUnavailable, BenchError
+
 
 
 class OpenCVCaffeBackend(Backend):
     name = "opencv-caffe"
+    variants = tuple(UPSAMPLE_BY_VARIANT)
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
@@ -33,7 +36,7 @@ class OpenCVCaffeBackend(Backend):
         from retinabench.graph.caffe_export import cached_caffe_files, check_upsample
         from retinabench.graph.caffe_import import load_caffe
 
-        self.upsample = check_upsample(self.options.get("upsample", "exact"))
+        self.upsample = check_upsample(self.options.get("upsample", UPSAMPLE_BY_VARIANT[self.variant]))
         if self.threads:
             cv2.setNumThreads(int(self.threads))
         files = cached_caffe_files(model, (batch, 3, height, width), self.upsample)

@@ -362,6 +362,14 @@ def test_unknown_upsample_policy(mnet25, mxnet_native):
         opencv_run(mnet25, mxnet_native["blob"], upsample="nearest")
 
 
+def test_bilinear_variant_selects_the_policy(mnet25):
+    from backends.opencv_backend import OpenCVCaffeBackend
+    for variant, policy in (("default", "exact"), ("bilinear", "bilinear")):
+        with OpenCVCaffeBackend(variant=variant) as be:
+            be.load(mnet25, 1, 224, 320)
+            assert be.settings()["upsample"] == policy
+
+
 def test_opencv_records_threads(mnet25):
     run = opencv_run(mnet25, np.zeros((1, 3, 224, 320), np.float32), threads=2)
     assert run["settings"]["opencv_threads"] == 2 and run["settings"]["threads"] == 2
