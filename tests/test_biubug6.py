@@ -179,8 +179,7 @@ def test_shipped_model_applies_softmax(default_session):
 
 @pytest.mark.parametrize("mode, size", [("fit", (1280, 896)), ("native", None), ("fit", (640, 480))])
 def test_default_model_finds_the_six_faces(default_session, t1_image, mode, size):
-    family = biubug6
-    blob, metas = Preprocessor(family.NORMALIZATION, mode, size)([t1_image])
+    blob, metas = Preprocessor(biubug6.NORMALIZATION, mode, size)([t1_image])
     out = _run(default_session, blob)
     faces = Biubug6Decoder(list(out), 0.8)(out, metas)[0]
     assert len(faces) == 6
@@ -193,8 +192,7 @@ def test_default_model_finds_the_six_faces(default_session, t1_image, mode, size
     np.testing.assert_allclose(faces.landmarks, ref_lmk, atol=1e-3)
     # Boxes inside the photo, landmarks inside their boxes.
     assert (faces.boxes[:, :2] >= 0).all() and (faces.boxes[:, 2] <= 1280).all() and (faces.boxes[:, 3] <= 886).all()
-    inside = ((faces.landmarks >= faces.boxes[:, None, :2]) & (faces.landmarks <= faces.boxes[:, None, 2:])).all()
-    assert inside
+    assert ((faces.landmarks >= faces.boxes[:, None, :2]) & (faces.landmarks <= faces.boxes[:, None, 2:])).all()
 
 
 def test_two_families_agree_on_t1(default_session, t1_image, mxnet_native):
