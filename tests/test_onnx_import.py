@@ -244,3 +244,11 @@ def test_nearest_index_rule_matches_onnx_reference(transform, rounding):
         y = ev.run(None, {"x": x, "scales": np.zeros(0, np.float32), "sizes": _i64(1, 1, out, 1)})[0]
         np.testing.assert_array_equal(y.ravel().astype(np.int64), nearest_source_index(n, out, transform, rounding),
                                       err_msg=f"{n} -> {out}")
+
+
+def test_malformed_attributes_name_the_node(tmp_path):
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], name="c"), n("Concat", ["c", "c"], ["y"], name="no_axis")]
+    path = _save(tmp_path, nodes, {"w": (4, 3, 1, 1)}, ["y"])
+    with pytest.raises(ModelError, match=r"'no_axis' \(Concat\)"):
+        load_onnx(path)

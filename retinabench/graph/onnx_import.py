@@ -138,10 +138,15 @@ class _Importer:
             if node.domain not in ("", "ai.onnx"):
                 raise ModelError(f"node {node.name!r}: op {node.domain}.{node.op_type} is not supported")
             ins = [i for i in node.input]
-            if any(i and i in self.ir for i in ins):
-                self._runtime(node, ins)
-            else:
-                self._fold(node, ins)
+            try:
+                if any(i and i in self.ir for i in ins):
+                    self._runtime(node, ins)
+                else:
+                    self._fold(node, ins)
+            except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:  # malformed attributes
+                text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise ModelError(f"node {node.name!r} ({node.op_type}): cannot convert "
+                                 f"({type(e).__name__}: {text})") from None
         outputs = [self._output(o.name) for o in self.model.graph.output]
         nodes = _prune(self.nodes, outputs)
         return Graph(nodes=nodes, outputs=outputs, input_name=self.input_name, family="biubug6", source=self.source)
