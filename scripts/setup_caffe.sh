@@ -11,6 +11,7 @@ VENV="${RETINABENCH_CAFFE_VENV:-$ROOT/.venv-caffe}"
 BASE="${CAFFE_BASE_PYTHON:-$HOME/.pyenv/versions/3.9.18/bin/python}"
 # protobuf >= 4 and numpy 2 break pycaffe (so: the last 3.x and 1.x); opencv-python-headless is the main
 # env's (>= 4.12 wants numpy 2). PyYAML 6.0.4 (the main env's) has no cp39 wheel.
+# onnx reads an ONNX model into our graph before it is converted to Caffe (1.17 accepts protobuf 3.20).
 PACKAGES=(kendryte-caffe==1.0.0.20210829 "numpy==1.26.4" "protobuf==3.20.3" "PyYAML==6.0.2" "opencv-python-headless==4.10.0.84" "onnx==1.17.0")
 CHECK='import caffe, numpy, yaml, cv2, onnx, google.protobuf; assert numpy.__version__ < "2"'
 
