@@ -1,0 +1,146 @@
+"""Two runs side by side: per matching row and stage, the ratio of medians B/A with a bootstrap CI.
+
+Shared machines drift from run to run, so a ratio alone says little: resampling each run's own
+samples (with replacement, a fixed seed) gives a 95% interval for the ratio, and a change counts
+only when the interval excludes 1.0 and the ratio moves by at least 2%.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from tabulate import tabulate
+
+from retinabench.harness.env import machine_label
+from retinabench.harness.loop import STAGES
+from retinabench.report.readme import RunData, ms
+
+RESAMPLES = 2000
+SEED = 20240607          # fixed: the same two runs always give the same interval
+MIN_CHANGE = 0.02        # below this a change is "same" even when the interval excludes 1.0
+_CHUNK = 250             # resamples per chunk, bounding memory for long runs
+
+MatchKey = Tuple[str, str, str, int, str]   # backend, variant, input, batch, stage
+
+
+@dataclass(frozen=True)
+class StageComparison:
+    backend: str
+    variant: str
+    input: str
+    batch: int
+    stage: str
+    a_median_ms: float
+    b_median_ms: float
+    ratio: float          # B / A: below 1.0 means B is faster
+    ci_low: float
+    ci_high: float
+    verdict: str
+
+
+@dataclass
+class RunComparison:
+    a: RunData
+    b: RunData
+    rows: List[StageComparison]
+    only_a: List[str]
+    only_b: List[str]
+
+
+def _medians(samples: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    out = np.empty(resamples)
+    for start in range(0, resamples, _CHUNK):
+        n = min(_CHUNK, resamples - start)
+        idx = rng.integers(0, samples.size, size=(n, samples.size))
+        out[start:start + n] = np.median(samples[idx], axis=1)
+    return out
+
+
+def bootstrap_ratio_ci(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
+                       level: float = 0.95) -> Tuple[float, float]:
+    """Percentile interval of median(B*)/median(A*) over resamples of each run's samples."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("no samples")
+    rng = np.random.default_rng(seed)
+    ma, mb = _medians(a, rng, resamples), _medians(b, rng, resamples)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = mb / ma
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def verdict(ratio: float, lo: float, hi: float, min_change: float = MIN_CHANGE) -> str:
+    if lo <= 1.0 <= hi or abs(ratio - 1.0) < min_change or not np.isfinite(ratio):
+        return "same (within noise)"
+    return "faster" if ratio < 1.0 else "slower"
+
+
+def _row_name(k: MatchKey) -> str:
+    return f"{k[0]}/{k[1]} {k[2]} b{k[3]}"
+
+
+def _stage_samples(run: RunData) -> Dict[MatchKey, np.ndarray]:
+    """MatchKey -> that stage's samples in ms, for every passed row with samples."""
+    out: Dict[MatchKey, np.ndarray] = {}
+    for r in run.ordered_rows():
+        if r.status != "passed" or r.samples_ns is None or not len(r.samples_ns):
+            continue
+        for i, stage in enumerate(STAGES):
+            out[(r.backend, r.variant, r.input, r.batch, stage)] = r.samples_ns[:, i] / 1e6
+    return out
+
+
+def compare_runs(a: RunData, b: RunData, resamples: int = RESAMPLES, seed: int = SEED) -> RunComparison:
+    sa, sb = _stage_samples(a), _stage_samples(b)
+    rows = []
+    for key, xa in sa.items():
+        if key not in sb:
+            continue
+        xb = sb[key]
+        med_a, med_b = float(np.median(xa)), float(np.median(xb))
+        ratio = med_b / med_a if med_a > 0 else float("inf")
+        lo, hi = bootstrap_ratio_ci(xa, xb, resamples, seed)
+        backend, variant, inp, batch, stage = key
+        rows.append(StageComparison(backend, variant, inp, batch, stage, med_a, med_b, ratio, lo, hi,
+                                    verdict(ratio, lo, hi)))
+    only_a = sorted({_row_name(k) for k in sa if k not in sb})
+    only_b = sorted({_row_name(k) for k in sb if k not in sa})
+    return RunComparison(a, b, rows, only_a, only_b)
+
+
+def _run_line(tag: str, run: RunData) -> str:
+    env = run.env
+    return (f"{tag}: {run.path} (scenario {run.scenario}, {env.get('timestamp_utc', 'unknown time')}, "
+            f"{machine_label(env) if env else 'unrecorded machine'})")
+
+
+def comparison_text(c: RunComparison, fmt: str = "simple") -> str:
+    lines = [_run_line("A", c.a), _run_line("B", c.b)]
+    if c.a.env and c.b.env and machine_label(c.a.env) != machine_label(c.b.env):
+        lines.append("warning: the runs were measured on different machines")
+    if not c.rows:
+        lines.append("no matching rows (backend, variant, input, batch) with samples in both runs")
+    else:
+        table = [[r.backend, r.variant, r.input, r.batch, r.stage, ms(r.a_median_ms), ms(r.b_median_ms),
+                  f"{r.ratio:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", r.verdict] for r in c.rows]
+        lines += ["", tabulate(table, headers=["backend", "variant", "input", "batch", "stage", "A median ms",
+                                               "B median ms", "B/A", "95% CI", "B is"],
+                               tablefmt=fmt, disable_numparse=True), "",
+                  f"B/A: ratio of medians; CI: bootstrap percentile interval ({RESAMPLES} resamples of each run's "
+                  f"samples, seed {SEED}); 'same' when the interval holds 1.0 or the change is under "
+                  f"{MIN_CHANGE:.0%}."]
+    if c.only_a:
+        lines.append("only in A: " + ", ".join(c.only_a))
+    if c.only_b:
+        lines.append("only in B: " + ", ".join(c.only_b))
+    return "\n".join(lines)
+
+
+def summarise_verdicts(c: RunComparison, stage: Optional[str] = "total") -> str:
+    """One line: how many rows got faster, slower or stayed the same at a stage."""
+    rows = [r for r in c.rows if stage is None or r.stage == stage]
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("faster", "slower", "same (within noise)")}
+    return f"{stage or 'all stages'}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
