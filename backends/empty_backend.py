@@ -2,28 +2,62 @@
 
 It returns zero outputs of the model's real names and shapes (from the graph), prepared in load(),
 so the family's decoder runs unchanged and finds no faces.
+
+Fault injection (a debugging hook for the harness's failure handling, never used in a benchmark):
+option `fault` makes the worker really fail the way runtimes do, after `fault_after` infer calls
+(default 0, i.e. at the first): `segfault` (a real SIGSEGV: reads address 0), `abort` (SIGABRT,
+as a C++ runtime's std::terminate does), `exit` (the process exits with code 70 mid-run), `raise`
+(a Python exception from the runtime). The harness must turn each into a `failed` row with the
+reason, and carry on with the other rows.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 import numpy as np
 
 from backends.base import Backend
+from retinabench.errors import BenchError
 from retinabench.graph.ir import infer_shapes
+
+FAULTS = ("segfault", "abort", "exit", "raise")
 
 
 class EmptyBackend(Backend):
     name = "empty"
 
     def load(self, model, batch: int, height: int, width: int) -> None:
+        self._fault = str(self.options.get("fault", "") or "")
+        if self._fault and self._fault not in FAULTS:
+            raise BenchError(f"empty backend: option fault={self._fault!r} (known: {', '.join(FAULTS)})")
+        try:
+            self._fault_after = int(self.options.get("fault_after", 0))
+        except ValueError:
+            raise BenchError(f"empty backend: option fault_after={self.options['fault_after']!r} is not an integer") from None
+        self._calls = 0
         graph = model.graph()
         shapes = infer_shapes(graph, (batch, 3, height, width))
         self.output_names = list(graph.outputs)
         self._out = {n: np.zeros(shapes[n], np.float32) for n in self.output_names}
 
     def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
+        if self._fault:
+            self._calls += 1
+            if self._calls > self._fault_after:
+                _inject(self._fault)
         return self._out
 
     def settings(self) -> Dict[str, object]:
         return {**super().settings(), "precision": "none"}
+
+
+def _inject(fault: str) -> None:
+    if fault == "segfault":
+        import ctypes
+        ctypes.string_at(0)  # dereferences NULL: the kernel sends SIGSEGV
+    elif fault == "abort":
+        os.abort()
+    elif fault == "exit":
+        os._exit(70)
+    raise RuntimeError("injected fault: the runtime raised during inference")

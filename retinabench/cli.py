@@ -7,7 +7,10 @@
     python bench.py compare RUN_A RUN_B
     python bench.py env
 
-User errors (bad config, missing file, unknown backend) print one line and exit 2, no traceback.
+Exit codes: 0 every row passed or was unavailable; 2 a user error (bad config, missing or corrupt
+model or image, unknown backend: one line on stderr, no traceback); 3 a partial run (some row
+failed: a crash, an out-of-memory, a runtime error; the others completed); 130 interrupted (Ctrl-C
+or SIGTERM: finished rows are kept, run.json says `incomplete`, --resume finishes the run).
 """
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ SUBCOMMANDS = ("run", "detect", "convert", "report", "compare", "env")
 
 
 def resolve_model(value: str) -> Path:
+    """An existing model whose files parse: a corrupt model is an error before any worker starts."""
+    from retinabench.model.source import open_model
     if value == "default":
         from retinabench.defaults import default_model_path
-        return default_model_path()
-    path = Path(os.path.expanduser(value))
-    from retinabench.model.source import open_model
-    open_model(path)  # fails early, naming what is missing
+        path = default_model_path()
+    else:
+        path = Path(os.path.expanduser(value))
+    open_model(path).check()  # names what is missing, truncated or inconsistent
     return path
 
 
@@ -59,19 +64,43 @@ def resolve_images(values: Sequence[str]) -> List[Path]:
 
 
 class _Bar:
-    """A tqdm bar per row, fed by the worker's progress lines."""
+    """Progress of one row, fed by the worker's progress lines: a tqdm bar on a terminal, a plain
+    line at each quarter in a log (where a bar's carriage returns would make one endless line)."""
 
     def __init__(self, desc: str):
-        from tqdm import tqdm
-        self._bar = tqdm(total=1, desc=desc, unit="loop", leave=False, dynamic_ncols=True, file=sys.stderr)
+        self._desc = desc
+        self._quarter = 0
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=1, desc=desc, unit="loop", leave=False, dynamic_ncols=True, file=sys.stderr)
+        else:
+            print(f"{desc}: started", file=sys.stderr, flush=True)
 
     def update_to(self, done: int, total: int) -> None:
-        self._bar.total = total
-        self._bar.n = done
-        self._bar.refresh()
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+        elif total and 4 * done // total > self._quarter:
+            self._quarter = 4 * done // total
+            print(f"{self._desc}: {done}/{total} loops (warmup included)", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _row_done(r, i: int, n: int) -> None:
+    """One line per finished row, so a log (where bars vanish) shows how far a long run got."""
+    line = f"[{i}/{n}] {r.key}: {r.status}"
+    if r.status == "passed" and r.samples_ns is not None and len(r.samples_ns):
+        from retinabench.report.stats import Measurement
+        m = Measurement.from_ns(r.samples_ns[:, 3])
+        line += f", total median {m.median_ms:.3f} ms, CV {100 * m.cv:.1f}%"
+    elif r.reason:
+        line += f": {r.reason}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,15 +113,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.backends:
         overrides["backends"] = args.backends.split(",")
     scenario = load_scenario(Path(args.config), overrides)
+    from retinabench.harness.runner import worker_memory_limit
+    worker_memory_limit()  # a bad RETINABENCH_WORKER_MEMORY_LIMIT is an error now, not a failed row later
     model = resolve_model(scenario.model)
     images = resolve_images(scenario.images)
     results_root = Path(args.out or scenario.results_dir)
     print(f"scenario {scenario.name}: model {model}, {len(images)} image(s), input {scenario.input.label}, "
           f"{len(scenario.rows())} row(s) x {scenario.loops} loops (+{scenario.warmup} warmup)", file=sys.stderr)
     outcome = run_scenario(scenario, model, images, results_root, resume=Path(args.resume) if args.resume else None,
-                           progress_factory=lambda row: _Bar(row.key))
-    from retinabench.report.results import summary_rows
-    print(stage_table(summary_rows(outcome.rows)))
+                           progress_factory=lambda row, i, n: _Bar(f"[{i}/{n}] {row.key}"),
+                           on_row_done=_row_done)
+    from retinabench.report.results import summary_rows, validity_table
+    summary = summary_rows(outcome.rows)
+    print(stage_table(summary))
+    print(validity_table(summary))
     for r in outcome.rows:
         faces = (r.info.get("faces") or [[]])[0]
         if r.status == "passed":

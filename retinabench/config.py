@@ -19,6 +19,17 @@ from retinabench.model.preprocess import INPUT_MODES
 MAX_SIDE = 8192
 MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
+MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
+
+# Environment variables a backend entry may set for its worker (`env:`), applied before the runtime
+# is imported. An allowlist, because variables such as LD_PRELOAD or MXNET_LIBRARY_PATH would let a
+# config load code; these only tune engines, threads and devices.
+WORKER_ENV = frozenset({
+    "MXNET_ENGINE_TYPE", "MXNET_CPU_WORKER_NTHREADS", "MXNET_EXEC_BULK_EXEC_INFERENCE",
+    "MXNET_MKLDNN_ENABLED", "MXNET_CUDNN_AUTOTUNE_DEFAULT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+    "OMP_PROC_BIND", "KMP_AFFINITY", "KMP_BLOCKTIME", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE",
+})
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class BackendSpec:
     threads: Optional[int] = None
     device: str = "cpu"
     options: Dict[str, Any] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)  # worker environment (WORKER_ENV names only)
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,14 @@ class Scenario:
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
            "threshold", "family", "reference", "results_dir", "threads", "device"}
-_BACKEND_FIELDS = {"name", "variant", "threads", "device", "options"}
+_BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _unknown(keys: Any, known: Any) -> Optional[str]:
+    """The first key not in `known`, as text (YAML keys may be ints, None, tuples...)."""
+    unknown = sorted(str(k) for k in keys if not isinstance(k, str) or k not in known)
+    return unknown[0] if unknown else None
 
 
 def _int(where: str, value: Any, lo: int, hi: int) -> int:
@@ -112,17 +131,20 @@ def _int_list(where: str, value: Any, lo: int, hi: int) -> Tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ConfigError(f"{where}: must not be empty")
-    return tuple(_int(f"{where}[{i}]", v, lo, hi) for i, v in enumerate(items))
+    ints = tuple(_int(f"{where}[{i}]", v, lo, hi) for i, v in enumerate(items))
+    if len(set(ints)) != len(ints):
+        raise ConfigError(f"{where}: {list(ints)} lists a value twice")
+    return ints
 
 
 def _input(where: str, value: Any) -> InputSize:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping with mode, width, height")
-    unknown = set(value) - {"mode", "width", "height"}
+    unknown = _unknown(value, {"mode", "width", "height"})
     if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (known: mode, width, height)")
+        raise ConfigError(f"{where}.{unknown}: unknown field (known: mode, width, height)")
     mode = value.get("mode", "fit")
-    if mode not in INPUT_MODES:
+    if not isinstance(mode, str) or mode not in INPUT_MODES:
         raise ConfigError(f"{where}.mode: expected one of {', '.join(INPUT_MODES)}, got {mode!r}")
     if mode == "native":
         if "width" in value or "height" in value:
@@ -154,32 +176,51 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a backend name or a mapping with 'name'")
-    unknown = set(value) - _BACKEND_FIELDS
+    unknown = _unknown(value, _BACKEND_FIELDS)
     if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(_BACKEND_FIELDS))})")
+        raise ConfigError(f"{where}.{unknown}: unknown field (known: {', '.join(sorted(_BACKEND_FIELDS))})")
     name = _str(f"{where}.name", value.get("name"))
     from backends.base import REGISTRY
     if name not in REGISTRY:
         raise ConfigError(f"{where}.name: unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})")
-    options = value.get("options", {}) or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"{where}.options: expected a mapping")
+    options = _scalar_map(f"{where}.options", value.get("options"))
+    env = {k: str(v) for k, v in _scalar_map(f"{where}.env", value.get("env")).items()}
+    for k, v in env.items():
+        if k not in WORKER_ENV:
+            raise ConfigError(f"{where}.env.{k}: not a tunable worker variable (allowed: {', '.join(sorted(WORKER_ENV))})")
+        if "\0" in v or len(v) > 256:
+            raise ConfigError(f"{where}.env.{k}: value must be a short string without NUL")
     t = value.get("threads", threads)
     return BackendSpec(
         name=name,
         variant=_str(f"{where}.variant", value.get("variant", "default")),
         threads=None if t is None else _int(f"{where}.threads", t, 1, 1024),
         device=_str(f"{where}.device", value.get("device", device)),
-        options=dict(options),
+        options=options,
+        env=env,
     )
+
+
+def _scalar_map(where: str, value: Any) -> Dict[str, Any]:
+    """A flat mapping of names to scalars: what backend options and env need, and all they may hold."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    for k, v in value.items():
+        if not isinstance(k, str) or not k:
+            raise ConfigError(f"{where}: keys must be non-empty strings, got {k!r}")
+        if not isinstance(v, _SCALARS) or (isinstance(v, float) and v != v):
+            raise ConfigError(f"{where}.{k}: expected a string, number or boolean, got {type(v).__name__}")
+    return dict(value)
 
 
 def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
-    unknown = set(data) - _FIELDS
+    unknown = _unknown(data, _FIELDS)
     if unknown:
-        raise ConfigError(f"{source}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
+        raise ConfigError(f"{source}: unknown field {unknown!r} (known: {', '.join(sorted(_FIELDS))})")
     for k in ("model", "input", "backends"):
         if k not in data:
             raise ConfigError(f"{source}: missing required field {k!r}")
@@ -203,10 +244,10 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     if len(set(keys)) != len(keys):
         raise ConfigError("backends: the same backend, variant and device is listed twice")
     reference = data.get("reference")
-    if reference is not None and reference not in {b.name for b in specs}:
+    if reference is not None and (not isinstance(reference, str) or reference not in {b.name for b in specs}):
         raise ConfigError(f"reference: {reference!r} is not one of the scenario's backends")
     family = data.get("family")
-    if family is not None and family not in ("insightface", "biubug6"):
+    if family is not None and (not isinstance(family, str) or family not in ("insightface", "biubug6")):
         raise ConfigError(f"family: expected 'insightface' or 'biubug6', got {family!r}")
     return Scenario(
         name=_str("name", data.get("name", Path(source).stem)),
@@ -230,11 +271,17 @@ def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Sce
     """Read and validate a YAML scenario, then apply environment and CLI overrides."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a scenario config")
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (UTF-8 expected)") from None
     try:
         data = yaml.safe_load(text)  # safe: a config can never construct Python objects
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -49,11 +50,13 @@ def read_params(path: Path) -> Dict[str, np.ndarray]:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from None
     try:
         return _parse_params(data)
-    except (struct.error, ValueError, IndexError) as e:
+    except (struct.error, ValueError, IndexError, OverflowError) as e:
         raise ModelError(f"{path}: corrupt or truncated MXNet params file ({e})") from None
 
 
 def _parse_params(data: bytes) -> Dict[str, np.ndarray]:
+    """Parse the bytes; every inconsistency is a ValueError/struct.error, and no size read from the
+    file is trusted before it is checked against the bytes that are actually there."""
     pos = 0
 
     def take(fmt: str):
@@ -88,8 +91,10 @@ def _parse_params(data: bytes) -> Dict[str, np.ndarray]:
         if type_flag not in _DTYPES:
             raise ValueError(f"unknown dtype flag {type_flag}")
         dtype = np.dtype(_DTYPES[type_flag])
-        size = int(np.prod(shape))
-        if size < 0 or pos + size * dtype.itemsize > len(data):
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        size = math.prod(shape)  # Python ints: a hostile shape cannot overflow into a small size
+        if pos + size * dtype.itemsize > len(data):
             raise ValueError("array data runs past the end of the file")
         arr = np.frombuffer(data, dtype, size, pos).reshape(shape)
         pos += size * dtype.itemsize
@@ -107,11 +112,20 @@ def _parse_params(data: bytes) -> Dict[str, np.ndarray]:
     return dict(zip(names, arrays))
 
 
+def _literal(text: object) -> object:
+    """An attribute such as '(3, 3)': Python literal syntax, read without evaluating any code.
+    Short strings only: RetinaFace's longest attribute is a reshape spec of a few numbers."""
+    text = str(text)
+    if len(text) > 200:
+        raise ValueError(f"attribute value of {len(text)} characters")
+    return ast.literal_eval(text)
+
+
 def _pair(text: object, default=(0, 0)) -> Tuple[int, int]:
     if text is None:
         return tuple(default)  # type: ignore[return-value]
-    v = ast.literal_eval(str(text))
-    v = (v, v) if isinstance(v, int) else tuple(v)
+    v = _literal(text)
+    v = (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[arg-type]
     return int(v[0]), int(v[1])
 
 
@@ -130,26 +144,42 @@ def load_mxnet(path: Path) -> Graph:
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{symbol_path}: not an MXNet symbol JSON ({e})") from None
     raw = read_params(params_path)
-    weights = {k.split(":", 1)[1]: v for k, v in raw.items()}
+    weights = {k.split(":", 1)[-1]: v for k, v in raw.items()}  # "arg:name" / "aux:name"
 
-    names = [n["name"] for n in sym_nodes]
-    nodes: List[Node] = []
-    input_name = ""
+    where = "the symbol's node list"
     try:
+        names = [str(n["name"]) for n in sym_nodes]
+        nodes: List[Node] = []
+        input_name = ""
         for n in sym_nodes:
+            where = f"node {n['name']!r}"
             op, name, attrs = n["op"], n["name"], n.get("attrs", n.get("param", {})) or {}
-            ins = [names[i[0]] for i in n.get("inputs", [])]
+            ins = [names[_index(i[0], names)] for i in n.get("inputs", [])]
             if op == "null":
                 if name not in weights and not input_name:
                     input_name = name
                 continue
-            nodes.append(_convert(op, name, attrs, ins, weights))
-    except KeyError as e:
-        raise ModelError(f"{params_path}: weight {e} missing for the symbol") from None
-    graph = Graph(nodes=nodes, outputs=[names[h[0]] for h in heads], input_name=input_name or "data",
+            try:
+                nodes.append(_convert(op, name, attrs, ins, weights))
+            except KeyError as e:
+                if e.args and e.args[0] in names:
+                    raise ModelError(f"{params_path}: weight {e} missing for {where}") from None
+                raise
+        where = "the symbol's heads"
+        outputs = [names[_index(h[0], names)] for h in heads]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, SyntaxError, RecursionError) as e:
+        raise ModelError(f"{symbol_path}: malformed {where} ({type(e).__name__}: {e})") from None
+    graph = Graph(nodes=nodes, outputs=outputs, input_name=input_name or "data",
                   family="insightface", source=str(symbol_path))
     graph.validate()
     return graph
+
+
+def _index(i: object, names: List[str]) -> int:
+    """A node reference: an index into the node list, never negative (no wrap-around)."""
+    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(names):
+        raise IndexError(f"node reference {i!r} out of range")
+    return i
 
 
 def _convert(op: str, name: str, a: dict, ins: List[str], w: Dict[str, np.ndarray]) -> Node:
@@ -203,7 +233,7 @@ def _convert(op: str, name: str, a: dict, ins: List[str], w: Dict[str, np.ndarra
     if op == "softmax":
         return Node(name, "softmax", data, dict(axis=int(a.get("axis", -1))))
     if op == "Reshape":
-        return Node(name, "reshape", data, dict(shape=tuple(ast.literal_eval(a["shape"]))))
+        return Node(name, "reshape", data, dict(shape=tuple(_literal(a["shape"]))))
     if op == "transpose":
-        return Node(name, "transpose", data, dict(perm=tuple(ast.literal_eval(a["axes"]))))
+        return Node(name, "transpose", data, dict(perm=tuple(_literal(a["axes"]))))
     raise ModelError(f"node {name!r}: MXNet op {op!r} is not supported by the converter")

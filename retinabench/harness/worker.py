@@ -8,16 +8,21 @@ atomically, and prints progress lines `P <done> <total>` on stdout.
 
 Exit codes: 0 passed, 3 unavailable (runtime or device missing), 4 failed with a known reason.
 Anything else (a signal, an uncaught error) is a crash, reported by the parent with its stderr.
+
+Stopping is the parent's job: the worker ignores SIGINT (the parent catches Ctrl-C and stops the
+worker's process group with SIGTERM), and it dies with the parent (PR_SET_PDEATHSIG) if the parent
+is killed without a chance to stop it, so no worker outlives its run.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 EXIT_PASSED, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 3, 4
 
@@ -109,13 +114,39 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
     return EXIT_PASSED
 
 
+def _die_with_parent(parent_pid: Optional[int]) -> None:
+    """Ask Linux to SIGKILL this process when the parent dies (a SIGKILLed harness cannot stop us)."""
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere the next progress line fails with a broken pipe and ends the worker
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(EXIT_FAILED)
+
+
+def setup_process(job: Dict[str, Any]) -> None:
+    """Signals, parent watch, memory limit and environment, all before any runtime is imported."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(job.get("parent_pid"))
+    limit = job.get("memory_limit_bytes")
+    if limit:  # RETINABENCH_WORKER_MEMORY_LIMIT: address space, so an allocation fails cleanly
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
+    for k, v in (job["backend"].get("env") or {}).items():  # validated against config.WORKER_ENV
+        os.environ[k] = str(v)
+    threads = job["backend"].get("threads")
+    if threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def main(argv: List[str]) -> int:
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
     out = job_path.parent
-    threads = job["backend"].get("threads")
-    if threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    setup_process(job)
     try:
         return run_job(job, out)
     except Exception as e:  # every failure becomes a row with a status and a reason
@@ -124,11 +155,21 @@ def main(argv: List[str]) -> int:
             status, code = "unavailable", EXIT_UNAVAILABLE
         else:
             status, code = "failed", EXIT_FAILED
-        reason = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, BenchError):
             traceback.print_exc(file=sys.stderr)
-        _write_json(out / "result.json", {"status": status, "reason": reason.splitlines()[0] if reason else status})
+        _write_json(out / "result.json", {"status": status, "reason": _reason(e) or status})
         return code
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying what went wrong. Runtimes wrap C++ errors in a message that starts with a
+    C++ traceback (MXNet: 'Traceback ... MXNetError: Failed to allocate CPU Memory'): take its last line."""
+    from retinabench.errors import BenchError
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line[:500] if isinstance(e, BenchError) or line.startswith(type(e).__name__) else f"{type(e).__name__}: {line[:500]}"
 
 
 if __name__ == "__main__":

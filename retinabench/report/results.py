@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,11 +27,23 @@ import numpy as np
 import yaml
 
 from retinabench.harness.loop import STAGES
-from retinabench.report.stats import Measurement, drift
+from retinabench.errors import BenchError
+from retinabench.report.stats import (DRIFT_LIMIT, NOISY_CV, STAGE_SUM_TOL, Measurement, drift, drifting,
+                                      host_below_gpu, stage_sum_error)
 
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
                    "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv", "per_image_median_ms",
-                   "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct"]
+                   "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct",
+                   "warmup", "drift", "stage_sum_err", "gpu_time_median_ms"]
+
+# What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
+FLAGS = {
+    "noisy": f"coefficient of variation above {NOISY_CV:.0%}",
+    "drift": f"the first 50 measured loops' median differs from the rest's by more than {DRIFT_LIMIT:.0%} "
+             "(warmup too short)",
+    "stages!=total": f"preprocess + inference + postprocess differ from the loop's total by more than {STAGE_SUM_TOL:.0%}",
+    "host<gpu": "host-clock inference median below the CUDA-event GPU time: the stage did not wait for the GPU",
+}
 
 
 @dataclass
@@ -99,20 +112,28 @@ def write_row(run_dir: Path, row: RowResult) -> None:
 
 
 def read_rows(run_dir: Path) -> Dict[str, RowResult]:
+    """The finished rows of a run folder; a damaged row file is an error naming it, never a guess."""
     rows = {}
     for p in sorted((run_dir / "rows").glob("*.json")):
-        d = json.loads(p.read_text())
-        r = RowResult(d["key"], d["backend"], d["variant"], d["input"], int(d["batch"]), int(d["max_batch"]),
-                      d["status"], d.get("reason", ""), d.get("info", {}))
-        npz = p.with_suffix(".npz")
-        if npz.exists():
-            with np.load(npz) as z:
-                r.samples_ns, r.warmup_ns = z["samples"], z["warmup"]
+        try:
+            d = json.loads(p.read_text())
+            r = RowResult(str(d["key"]), d["backend"], d["variant"], d["input"], int(d["batch"]),
+                          int(d["max_batch"]), d["status"], d.get("reason", ""), d.get("info", {}))
+            npz = p.with_suffix(".npz")
+            if npz.exists():
+                with np.load(npz, allow_pickle=False) as z:  # never unpickle what a folder holds
+                    r.samples_ns, r.warmup_ns = z["samples"], z["warmup"]
+                if r.samples_ns.ndim != 2 or r.samples_ns.shape[1] != len(STAGES):
+                    raise ValueError(f"samples have shape {r.samples_ns.shape}")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BenchError(f"{p}: damaged row file ({msg})") from None
         rows[r.key] = r
     return rows
 
 
 def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
+    """One dict per row and stage (summary.csv's lines), each with its validity flags."""
     out = []
     for r in rows:
         settings = r.info.get("settings", {}) or {}
@@ -120,26 +141,66 @@ def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
                 "max_batch": r.max_batch, "status": r.status, "threads": settings.get("threads", ""),
                 "precision": settings.get("precision", ""), "device": settings.get("device", ""),
                 "gpu_util_mean_pct": _gpu_mean(r.info.get("gpu_samples"))}
-        if r.samples_ns is None or r.status != "passed":
+        if r.samples_ns is None or r.status != "passed" or len(r.samples_ns) == 0:
             out.append({**base, "stage": "total", "n": 0, "flags": r.reason})
             continue
-        total = r.samples_ns[:, 3].astype(np.float64)
-        stage_sum = r.samples_ns[:, :3].sum(axis=1).astype(np.float64)
-        sum_ok = bool(np.all(np.abs(stage_sum - total) <= 0.02 * total))
+        base["warmup"] = 0 if r.warmup_ns is None else int(len(r.warmup_ns))
+        sum_err = stage_sum_error(r.samples_ns)
+        gpu_ms = (r.info.get("extra") or {}).get("gpu_time_ms") or []
         for i, stage in enumerate(STAGES):
             m = Measurement.from_ns(r.samples_ns[:, i])
             flags = []
             if m.noisy:
                 flags.append("noisy")
-            if abs(drift(r.samples_ns[:, i])) > 0.10 and m.median_ms > 0.05:
+            if drifting(r.samples_ns[:, i]):
                 flags.append("drift")
-            if stage == "total" and not sum_ok:
-                flags.append("stages!=total")
+            extra: Dict[str, Any] = {}
+            if stage == "total":
+                extra["stage_sum_err"] = round(sum_err, 6)
+                if sum_err > STAGE_SUM_TOL:
+                    flags.append("stages!=total")
+            if stage == "inference" and len(gpu_ms):
+                extra["gpu_time_median_ms"] = float(np.median(gpu_ms))
+                if host_below_gpu(r.samples_ns[:, i], gpu_ms):
+                    flags.append("host<gpu")
             out.append({**base, "stage": stage, **m.to_dict(), "cv": round(m.cv, 4),
                         "per_image_median_ms": m.median_ms / r.batch,
                         "images_per_s": (1000.0 * r.batch / m.median_ms) if m.median_ms > 0 else "",
-                        "flags": " ".join(flags)})
+                        "drift": round(drift(r.samples_ns[:, i]), 4), **extra, "flags": " ".join(flags)})
     return out
+
+
+def validity_table(summary: List[Dict[str, Any]], fmt: str = "simple") -> str:
+    """Per measured row: loops, warmup, CV, drift, stage-sum error, GPU time and flags, with a legend."""
+    from tabulate import tabulate
+    lines: Dict[tuple, Dict[str, Any]] = {}
+    for s in summary:
+        if int(s.get("n") or 0) == 0:
+            continue
+        key = (s["backend"], s["variant"], s["input"], s["batch"], s["max_batch"])
+        line = lines.setdefault(key, {"flags": {}})
+        line[s["stage"]] = s
+        for f in str(s.get("flags", "")).split():
+            line["flags"].setdefault(f, []).append(s["stage"])
+    table = []
+    for key, line in lines.items():
+        t, inf = line.get("total", {}), line.get("inference", {})
+        gpu = inf.get("gpu_time_median_ms", "")
+        table.append([*key[:4], t.get("n", ""), t.get("warmup", ""), _pct(t.get("cv")), _pct(inf.get("cv")),
+                      _pct(t.get("drift")), _pct(t.get("stage_sum_err")),
+                      f"{float(gpu):.3f}" if gpu not in ("", None) else "",
+                      " ".join(f"{f}({','.join(st)})" for f, st in sorted(line["flags"].items()))])
+    headers = ["backend", "variant", "input", "batch", "loops", "warmup", "CV total", "CV inference",
+               "drift total", "stage sum err", "GPU time ms", "flags"]
+    legend = "; ".join(f"{k}: {v}" for k, v in FLAGS.items())
+    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True) + f"\n\nFlags: {legend}."
+
+
+def _pct(v: Any) -> str:
+    try:
+        return f"{100 * float(v):.1f}%"
+    except (TypeError, ValueError):
+        return ""
 
 
 def _gpu_mean(samples: Optional[List[Dict[str, float]]]) -> Any:
@@ -163,7 +224,8 @@ def write_summary(run_dir: Path, rows: List[RowResult]) -> List[Dict[str, Any]]:
         w.writerow({k: _fmt(s.get(k, "")) for k in SUMMARY_COLUMNS})
     atomic_text(run_dir / "summary.csv", buf.getvalue())
     from retinabench.report.tables import stage_table
-    atomic_text(run_dir / "summary.md", stage_table(summary, fmt="github") + "\n")
+    atomic_text(run_dir / "summary.md", stage_table(summary, fmt="github") + "\n\n## Validity\n\n"
+                + validity_table(summary, fmt="github") + "\n")
     return summary
 
 
