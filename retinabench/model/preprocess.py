@@ -42,6 +42,11 @@ class ImageMeta:
     width: int           # the original image
     height: int
 
+    @property
+    def clip_max(self) -> np.ndarray:
+        """Upper clip bounds for (x1, y1, x2, y2) in blob pixels: the content's last column/row."""
+        return np.array([self.content_width - 1, self.content_height - 1] * 2, np.float32)
+
 
 def fit_geometry(width: int, height: int, target_w: int, target_h: int) -> Tuple[float, int, int]:
     scale = min(target_w / width, target_h / height)
