@@ -107,9 +107,14 @@ _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
 
+def _key(k: Any) -> str:
+    """A mapping key as it may appear in a one-line message (keys may be ints, None, or hold newlines)."""
+    return k if isinstance(k, str) and k.isidentifier() else repr(k)
+
+
 def _unknown(keys: Any, known: Any) -> Optional[str]:
-    """The first key not in `known`, as text (YAML keys may be ints, None, tuples...)."""
-    unknown = sorted(str(k) for k in keys if not isinstance(k, str) or k not in known)
+    """The first key not in `known`, printable."""
+    unknown = sorted(_key(k) for k in keys if not isinstance(k, str) or k not in known)
     return unknown[0] if unknown else None
 
 
@@ -187,9 +192,9 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
     env = {k: str(v) for k, v in _scalar_map(f"{where}.env", value.get("env")).items()}
     for k, v in env.items():
         if k not in WORKER_ENV:
-            raise ConfigError(f"{where}.env.{k}: not a tunable worker variable (allowed: {', '.join(sorted(WORKER_ENV))})")
+            raise ConfigError(f"{where}.env.{_key(k)}: not a tunable worker variable (allowed: {', '.join(sorted(WORKER_ENV))})")
         if "\0" in v or len(v) > 256:
-            raise ConfigError(f"{where}.env.{k}: value must be a short string without NUL")
+            raise ConfigError(f"{where}.env.{_key(k)}: value must be a short string without NUL")
     t = value.get("threads", threads)
     return BackendSpec(
         name=name,
@@ -211,7 +216,7 @@ def _scalar_map(where: str, value: Any) -> Dict[str, Any]:
         if not isinstance(k, str) or not k:
             raise ConfigError(f"{where}: keys must be non-empty strings, got {k!r}")
         if not isinstance(v, _SCALARS) or (isinstance(v, float) and v != v):
-            raise ConfigError(f"{where}.{k}: expected a string, number or boolean, got {type(v).__name__}")
+            raise ConfigError(f"{where}.{_key(k)}: expected a string, number or boolean, got {type(v).__name__}")
     return dict(value)
 
 
@@ -220,7 +225,7 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
     unknown = _unknown(data, _FIELDS)
     if unknown:
-        raise ConfigError(f"{source}: unknown field {unknown!r} (known: {', '.join(sorted(_FIELDS))})")
+        raise ConfigError(f"{source}: unknown field {unknown} (known: {', '.join(sorted(_FIELDS))})")
     for k in ("model", "input", "backends"):
         if k not in data:
             raise ConfigError(f"{source}: missing required field {k!r}")

@@ -477,7 +477,7 @@ BASE_CONFIG = {"name": "hostile", "input": {"mode": "fit", "width": 320, "height
     ({"input": {"mode": "fit", "width": 100000, "height": 224}}, ["input.width"]),
     ({"input": {"mode": "fit", "width": 320, "height": 100000}}, ["input.height"]),
     ({"input": "big"}, ["input"]),
-    ({"colour": "red"}, ["'colour'", "unknown field"]),
+    ({"colour": "red"}, ["unknown field colour"]),
     ({"backends": [{"name": "empty", "speed": "fast"}]}, ["backends[0].speed"]),
     ({"backends": [{"name": "empty", "options": {"deep": [1, 2]}}]}, ["backends[0].options.deep"]),
     ({"backends": [{"name": "empty", "env": {"LD_PRELOAD": "/tmp/x.so"}}]}, ["backends[0].env.LD_PRELOAD"]),

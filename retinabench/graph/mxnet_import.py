@@ -48,10 +48,15 @@ def read_params(path: Path) -> Dict[str, np.ndarray]:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+    return params_from_bytes(data, str(path))
+
+
+def params_from_bytes(data: bytes, source: str = "<params>") -> Dict[str, np.ndarray]:
+    """Parse a .params file's bytes; anything malformed is a ModelError naming `source`."""
     try:
         return _parse_params(data)
     except (struct.error, ValueError, IndexError, OverflowError) as e:
-        raise ModelError(f"{path}: corrupt or truncated MXNet params file ({e})") from None
+        raise ModelError(f"{source}: corrupt or truncated MXNet params file ({e})") from None
 
 
 def _parse_params(data: bytes) -> Dict[str, np.ndarray]:
@@ -148,7 +153,10 @@ def load_mxnet(path: Path) -> Graph:
 
     where = "the symbol's node list"
     try:
-        names = [str(n["name"]) for n in sym_nodes]
+        names = [n["name"] for n in sym_nodes]
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or not name or not isinstance(sym_nodes[i]["op"], str):
+                raise ValueError(f"node {i} needs a name and an op that are non-empty strings")
         nodes: List[Node] = []
         input_name = ""
         for n in sym_nodes:
