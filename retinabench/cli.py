@@ -52,8 +52,10 @@ def resolve_images(values: Sequence[str]) -> List[Path]:
             p = default_image_path()
         else:
             p = Path(os.path.expanduser(v))
-        if not p.is_file():
+        if not p.exists():
             raise BenchError(f"image {p} does not exist")
+        if not p.is_file():
+            raise BenchError(f"image {p} is not a file")
         if not os.access(p, os.R_OK):
             raise BenchError(f"image {p} is not readable")
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
