@@ -57,7 +57,8 @@ def fingerprint() -> Dict[str, Any]:
         pass
     return {
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # A copied tree without .git (the GPU machine) names its commit through the environment.
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("RETINABENCH_GIT_COMMIT", ""),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

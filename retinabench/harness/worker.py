@@ -76,7 +76,9 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
     n, c, h, w = pre.blob_shape(batch_images)
 
     backend = cls(variant=spec.get("variant", "default"), threads=spec.get("threads"),
-                  device=spec.get("device", "cpu"), options=spec.get("options") or {})
+                  device=spec.get("device", "cpu"),
+                  # the engine's max batch: TensorRT builds its optimisation profile up to it
+                  options={**(spec.get("options") or {}), "max_batch": int(job.get("max_batch", batch))})
     t_load = time.perf_counter()
     with backend:
         backend.load(model, batch, h, w)

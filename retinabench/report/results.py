@@ -146,7 +146,8 @@ def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
             continue
         base["warmup"] = 0 if r.warmup_ns is None else int(len(r.warmup_ns))
         sum_err = stage_sum_error(r.samples_ns)
-        gpu_ms = (r.info.get("extra") or {}).get("gpu_time_ms") or []
+        # Backends record a GPU time for every call, warmup included: the measured loops are the last ones.
+        gpu_ms = ((r.info.get("extra") or {}).get("gpu_time_ms") or [])[-len(r.samples_ns):]
         for i, stage in enumerate(STAGES):
             m = Measurement.from_ns(r.samples_ns[:, i])
             flags = []
