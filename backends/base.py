@@ -18,8 +18,19 @@ import numpy as np
 from retinabench.errors import BackendUnavailable, BenchError
 
 
+def import_failure(module: str) -> str:
+    """'' when `module` imports, else why not: any exception counts (numpy >= 1.24 breaks MXNet's import)."""
+    try:
+        importlib.import_module(module)
+    except Exception as e:
+        return f"{module} does not import ({type(e).__name__}: {e})"
+    return ""
+
+
 class Backend(ABC):
     name: str = ""
+    # The framework that `available()` imports to check it is there ("" for none).
+    runtime_module: str = ""
     # Variants are named pipeline options reported as their own rows (precision, CUDA graph, ...).
     variants: Tuple[str, ...] = ("default",)
 
@@ -35,8 +46,9 @@ class Backend(ABC):
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
-        """(True, '') when the runtime imports and its device exists, else (False, reason)."""
-        return True, ""
+        """(True, '') when the runtime imports, else (False, reason). Device checks happen in load()."""
+        reason = import_failure(cls.runtime_module) if cls.runtime_module else ""
+        return not reason, reason
 
     @abstractmethod
     def load(self, model, batch: int, height: int, width: int) -> None:

@@ -6,7 +6,7 @@ and the original project's MXNet figures (0.1 ms at 320x416) timed the queueing,
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
@@ -15,14 +15,8 @@ from backends.base import Backend
 
 class MXNetBackend(Backend):
     name = "mxnet"
+    runtime_module = "mxnet"
 
-    @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            import mxnet as mx
-        except Exception as e:  # ImportError, or numpy>=1.24 breaking mxnet's import
-            return False, f"mxnet does not import ({type(e).__name__}: {e})"
-        return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import mxnet as mx  # intra-op threads: OMP_NUM_THREADS, set by the worker before this import

@@ -7,7 +7,7 @@ build has it (the GPU machine's onnxruntime is CPU-only: that is a clear "unavai
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 
@@ -17,14 +17,8 @@ from retinabench.errors import BackendUnavailable, BenchError
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    runtime_module = "onnxruntime"
 
-    @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            import onnxruntime  # noqa: F401
-        except Exception as e:
-            return False, f"onnxruntime does not import ({type(e).__name__}: {e})"
-        return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import onnxruntime as ort

@@ -19,14 +19,15 @@ from retinabench.errors import BackendUnavailable, BenchError
 
 class OpenCVCaffeBackend(Backend):
     name = "opencv-caffe"
+    runtime_module = "cv2"
     variants = tuple(UPSAMPLE_BY_VARIANT)
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
-        try:
-            import cv2
-        except Exception as e:
-            return False, f"cv2 does not import ({type(e).__name__}: {e})"
+        ok, reason = super().available()
+        if not ok:
+            return ok, reason
+        import cv2
         if not hasattr(cv2.dnn, "readNetFromCaffe"):
             return False, f"OpenCV {cv2.__version__} has no Caffe importer (removed in OpenCV 5; use 4.x)"
         return True, ""

@@ -15,13 +15,14 @@ from retinabench.errors import BackendUnavailable, ModelError
 
 class OpenCVOnnxBackend(Backend):
     name = "opencv-onnx"
+    runtime_module = "cv2"
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
-        try:
-            import cv2
-        except Exception as e:
-            return False, f"cv2 does not import ({type(e).__name__}: {e})"
+        ok, reason = super().available()
+        if not ok:
+            return ok, reason
+        import cv2
         if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromONNX"):
             return False, f"opencv {cv2.__version__} has no dnn.readNetFromONNX"
         return True, ""

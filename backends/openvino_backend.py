@@ -7,7 +7,7 @@ without bf16 silently runs the bf16 request in f32.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 
@@ -19,15 +19,9 @@ PRECISIONS = {"default": "f32", "bf16": "bf16"}
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+    runtime_module = "openvino"
     variants = tuple(PRECISIONS)
 
-    @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            import openvino  # noqa: F401
-        except Exception as e:
-            return False, f"openvino does not import ({type(e).__name__}: {e})"
-        return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import openvino as ov

@@ -66,15 +66,9 @@ VARIANTS: Dict[str, TorchVariant] = {
 
 class TorchBackend(Backend):
     name = "torch"
+    runtime_module = "torch"
     variants = tuple(VARIANTS)
 
-    @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            import torch  # noqa: F401
-        except Exception as e:
-            return False, f"torch does not import ({type(e).__name__}: {e})"
-        return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest

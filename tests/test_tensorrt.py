@@ -6,7 +6,6 @@ and the fp16-pipe variant (GPU pre/post) finds the same faces.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from backends.base import create_backend

@@ -47,7 +47,7 @@ def to_torch(graph: Graph, fold_batchnorm: bool = False) -> fx.GraphModule:
     env: Dict[str, fx.Node] = {graph.input_name: g.placeholder(_ident(graph.input_name))}
     for n in graph.nodes:
         ins = [env[i] for i in n.inputs]
-        x, a = ins[0], n.attrs
+        x = ins[0]
         if n.op in ("conv", "deconv", "batchnorm"):
             target = _unique_attr(root, n.name)
             root.add_module(target, _module(n))
