@@ -1,7 +1,9 @@
 """A backend that does no work: its inference stage measures what the harness itself costs.
 
-It returns zero outputs of the model's real names and shapes (from the graph), prepared in load(),
-so the family's decoder runs unchanged and finds no faces.
+It returns what a network that sees no face would, with the model's real output names and shapes
+(from the graph), prepared in load(): zeros, except that probability outputs (a softmax, possibly
+reshaped or transposed after it) say "background" with certainty. The family's decoder runs
+unchanged and finds no faces.
 
 Fault injection (a debugging hook for the harness's failure handling, never used in a benchmark):
 option `fault` makes the worker really fail the way runtimes do, after `fault_after` infer calls
@@ -13,13 +15,13 @@ reason, and carry on with the other rows.
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
 from backends.base import Backend
 from retinabench.errors import BenchError
-from retinabench.graph.ir import infer_shapes
+from retinabench.graph.ir import Graph, infer_shapes
 
 FAULTS = ("segfault", "abort", "exit", "raise")
 
@@ -39,7 +41,7 @@ class EmptyBackend(Backend):
         graph = model.graph()
         shapes = infer_shapes(graph, (batch, 3, height, width))
         self.output_names = list(graph.outputs)
-        self._out = {n: np.zeros(shapes[n], np.float32) for n in self.output_names}
+        self._out = {n: _no_face(graph, n, shapes) for n in self.output_names}
 
     def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
         if self._fault:
@@ -50,6 +52,25 @@ class EmptyBackend(Backend):
 
     def settings(self) -> Dict[str, object]:
         return {**super().settings(), "precision": "none"}
+
+
+def _no_face(graph: Graph, name: str, shapes: Dict[str, Tuple[int, ...]]) -> np.ndarray:
+    """Zeros; for an output computed by a softmax (then reshapes/transposes), class 0 with probability 1."""
+    by_name = {n.name: n for n in graph.nodes}
+    chain = []
+    node = by_name.get(name)
+    while node is not None and node.op in ("reshape", "transpose"):
+        chain.append(node)
+        node = by_name.get(node.inputs[0])
+    if node is None or node.op != "softmax":
+        return np.zeros(shapes[name], np.float32)
+    out = np.zeros(shapes[node.name], np.float32)
+    index = [slice(None)] * out.ndim
+    index[int(node.attrs["axis"])] = 0
+    out[tuple(index)] = 1.0
+    for n in reversed(chain):  # replay the reshapes and transposes after the softmax
+        out = out.reshape(shapes[n.name]) if n.op == "reshape" else out.transpose(n.attrs["perm"])
+    return np.ascontiguousarray(out)
 
 
 def _inject(fault: str) -> None:

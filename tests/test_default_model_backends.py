@@ -49,3 +49,11 @@ def test_default_model_six_faces_and_agrees_with_onnxruntime(name, default_model
     assert set(outputs) == set(ref_out)
     for k in ref_out:
         assert np.abs(outputs[k] - ref_out[k]).max() <= 1e-4, k
+
+
+def test_empty_backend_runs_the_default_model_and_finds_nothing(default_model, t1_path, tmp_path):
+    # Its outputs say "background" where the network would give probabilities, so the biubug6
+    # decoder (which refuses outputs that are not probabilities) runs and finds no face.
+    faces, outputs = run_one("empty", default_model, t1_path, tmp_path)
+    assert len(faces) == 0
+    np.testing.assert_array_equal(outputs["conf"][..., 0], 1.0)
