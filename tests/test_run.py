@@ -83,3 +83,20 @@ def test_runs_never_share_a_folder(tmp_path):
     from retinabench.report.results import create_run_dir
     dirs = {create_run_dir(tmp_path, "same") for _ in range(5)}
     assert len(dirs) == 5
+
+
+def test_missing_caffe_interpreter_is_one_unavailable_row(tmp_path, mnet25_dir, t1_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "nocaffe", "model": str(mnet25_dir), "images": [str(t1_path)],
+        "input": {"mode": "fit", "width": 320, "height": 224}, "loops": 2, "warmup": 0,
+        "backends": ["caffe", "mxnet"]}))
+    env = {**__import__("os").environ, "RETINABENCH_CAFFE_PYTHON": str(tmp_path / "no-such-python")}
+    out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp_path / "r")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr  # unavailable is not a failure: the run is complete
+    (run,) = (tmp_path / "r").iterdir()
+    rows = read_rows(run)
+    caffe = rows["caffe-default-b1-m1"]
+    assert caffe.status == "unavailable" and "no-such-python" in caffe.reason and "setup_caffe.sh" in caffe.reason
+    assert rows["mxnet-default-b1-m1"].status == "passed"

@@ -110,7 +110,8 @@ def interpreter_for(name: str) -> str:
     get = getattr(cls, "interpreter", None)
     python = get() if get else None
     if python and not Path(python).exists():
-        raise BackendUnavailable(f"{name}: worker interpreter {python} not found")
+        ok, reason = cls.available()  # the backend says best what is missing and how to get it
+        raise BackendUnavailable(reason if not ok and reason else f"{name}: worker interpreter {python} not found")
     return python or sys.executable
 
 
