@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -91,7 +92,7 @@ def test_missing_caffe_interpreter_is_one_unavailable_row(tmp_path, mnet25_dir, 
         "name": "nocaffe", "model": str(mnet25_dir), "images": [str(t1_path)],
         "input": {"mode": "fit", "width": 320, "height": 224}, "loops": 2, "warmup": 0,
         "backends": ["caffe", "mxnet"]}))
-    env = {**__import__("os").environ, "RETINABENCH_CAFFE_PYTHON": str(tmp_path / "no-such-python")}
+    env = {**os.environ, "RETINABENCH_CAFFE_PYTHON": str(tmp_path / "no-such-python")}
     out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp_path / "r")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr  # unavailable is not a failure: the run is complete
