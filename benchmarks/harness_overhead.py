@@ -34,7 +34,6 @@ def main() -> int:
                      "mean_us": float(us[:, i].mean())} for i, stage in enumerate(STAGES)}
     run = create_run_dir(Path(args.out), "harness-overhead")
     atomic_text(run / "overhead.json", json.dumps({"loops": args.loops, "stages": stats, "env": fingerprint()}, indent=1))
-    (run / "rows").rmdir()
     for stage, s in stats.items():
         print(f"{stage:12s} median {s['median_us']:.3f} us  p99 {s['p99_us']:.3f} us")
     print(f"results: {run}")

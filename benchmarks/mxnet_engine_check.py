@@ -66,7 +66,6 @@ def main(argv=None) -> int:
     model, images = resolve_model(args.model), resolve_images([args.image])
     w, h = (int(v) for v in args.size.lower().split("x"))
     check = create_run_dir(Path(args.out), "mxnet-engine-check")
-    (check / "rows").rmdir()
     medians: Dict[str, float] = {}
     recorded: Dict[str, str] = {}
     lines = []

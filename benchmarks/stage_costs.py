@@ -82,7 +82,6 @@ def main() -> int:
         }
         versions = backend.versions()
     run = create_run_dir(Path(args.out), "stage-costs")
-    (run / "rows").rmdir()
     record = {"model": model.describe(), "image": args.image, "size": args.size, "threshold": args.threshold,
               "faces": len(faces), "loops": args.loops, "backend": args.backend, "threads": args.threads,
               "versions": versions, "stages_ms": {k: m.to_dict() for k, m in stats.items()}, "env": fingerprint()}

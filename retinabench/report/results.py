@@ -84,7 +84,6 @@ def create_run_dir(results_dir: Path, scenario_name: str) -> Path:
         path = results_dir / (f"{stamp}-{safe}" + (f"-{i + 1}" if i else ""))
         try:
             path.mkdir()
-            (path / "rows").mkdir()
             return path
         except FileExistsError:
             continue
@@ -104,6 +103,7 @@ def write_config(run_dir: Path, scenario_dict: Dict[str, Any]) -> None:
 
 
 def write_row(run_dir: Path, row: RowResult) -> None:
+    (run_dir / "rows").mkdir(exist_ok=True)
     if row.samples_ns is not None:
         buf = io.BytesIO()
         np.savez_compressed(buf, samples=row.samples_ns, warmup=row.warmup_ns if row.warmup_ns is not None else np.zeros((0, 4), np.int64))
