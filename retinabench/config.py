@@ -82,6 +82,9 @@ class Scenario:
     family: Optional[str] = None
     reference: Optional[str] = None  # backend whose outputs the accuracy section compares against
     results_dir: str = "results"
+    # A row's worker still running after this many seconds is stopped and the row fails
+    # (a runtime that deadlocks must not hang the run); None: no limit.
+    row_timeout_s: Optional[int] = None
     source: str = ""
 
     def rows(self) -> List[Row]:
@@ -102,7 +105,7 @@ class Scenario:
 
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
-           "threshold", "family", "reference", "results_dir", "threads", "device"}
+           "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s"}
 _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -268,6 +271,8 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         family=family,
         reference=reference,
         results_dir=_str("results_dir", data.get("results_dir", "results")),
+        row_timeout_s=(_int("row_timeout_s", data["row_timeout_s"], 1, 7 * 24 * 3600)
+                       if data.get("row_timeout_s") is not None else None),
         source=source,
     )
 

@@ -49,6 +49,8 @@ def test_defaults():
     ({"threshold": 2}, "threshold"),
     ({"threads": 0}, "threads"),
     ({"surprise": 1}, "surprise"),
+    ({"row_timeout_s": 0}, "row_timeout_s"),
+    ({"row_timeout_s": "1h"}, "row_timeout_s"),
     ({"reference": "onnxruntime"}, "reference"),
 ])
 def test_bad_fields_are_named(change, field):

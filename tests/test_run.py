@@ -101,3 +101,18 @@ def test_missing_caffe_interpreter_is_one_unavailable_row(tmp_path, mnet25_dir, 
     caffe = rows["caffe-default-b1-m1"]
     assert caffe.status == "unavailable" and "no-such-python" in caffe.reason and "setup_caffe.sh" in caffe.reason
     assert rows["mxnet-default-b1-m1"].status == "passed"
+
+
+def test_row_timeout_stops_a_worker_and_the_run_goes_on(tmp_path, mnet25_dir, t1_path):
+    # A million loops of MXNet at 640x448 would take hours: the timeout must stop the row.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "timeout", "model": str(mnet25_dir), "images": [str(t1_path)],
+        "input": {"mode": "fit", "width": 640, "height": 448}, "loops": 1000000, "warmup": 0,
+        "row_timeout_s": 5, "backends": ["mxnet"]}))
+    out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp_path / "r")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr  # partial: a row failed
+    (run,) = (tmp_path / "r").iterdir()
+    row = read_rows(run)["mxnet-default-b1-m1"]
+    assert row.status == "failed" and "row_timeout_s=5" in row.reason

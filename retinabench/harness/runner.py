@@ -128,6 +128,16 @@ def run_worker(job: Dict[str, Any], work: Path, python: str,
         proc = subprocess.Popen([python, "-m", "retinabench.harness.worker", str(work / "job.json")],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        timed_out = threading.Event()
+
+        def stop_on_timeout() -> None:
+            timed_out.set()
+            _kill(proc)
+
+        timer = threading.Timer(float(job["timeout_s"]), stop_on_timeout) if job.get("timeout_s") else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:  # other stdout chatter from a runtime is ignored
@@ -139,6 +149,12 @@ def run_worker(job: Dict[str, Any], work: Path, python: str,
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+    if timed_out.is_set():
+        return {"status": "failed", "reason": f"timed out: the worker ran longer than row_timeout_s={job['timeout_s']} "
+                                              "and was stopped", "exit_code": code, "signal": _signal_name(-code) if code < 0 else ""}
     record: Dict[str, Any] = {}
     if (work / "result.json").exists():
         record = json.loads((work / "result.json").read_text())
@@ -196,6 +212,7 @@ def make_job(scenario: Scenario, row: Row, model: Path, images: List[Path], save
         "batch": row.batch, "max_batch": row.max_batch, "loops": scenario.loops, "warmup": scenario.warmup,
         "threshold": scenario.threshold, "save_outputs": save_outputs,
         "parent_pid": os.getpid(), "memory_limit_bytes": worker_memory_limit(),
+        "timeout_s": scenario.row_timeout_s,
     }
 
 
