@@ -25,7 +25,7 @@ from tabulate import tabulate
 from retinabench.errors import BenchError
 from retinabench.harness.env import machine_label
 from retinabench.harness.loop import STAGES
-from retinabench.report.results import RowResult, read_rows
+from retinabench.report.results import FLAGS, RowResult, read_rows
 from retinabench.report.tables import pivot
 
 # Backends that run no network: they measure the harness itself, so they never "win" a stage.
@@ -34,13 +34,6 @@ _INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched"
 _TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads",
                  "reference", "output"}
 _SHORT = {"preprocess": "pre", "inference": "infer", "postprocess": "post", "total": "total"}
-# What each summary.csv flag means, for the legend under a table (only flags that occur are explained).
-FLAG_NOTES = {
-    "noisy": "the stage's coefficient of variation exceeds 10%",
-    "drift": "the first measured loops differ from the rest by more than 10% (warmup too short)",
-    "stages!=total": "the three stages do not add up to the loop's total",
-    "host<gpu": "the host-clock inference is shorter than the GPU's own time: the stage did not wait for the GPU",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +253,9 @@ def has_gpu_time(run: RunData) -> bool:
 
 
 def flags_legend(run: RunData) -> str:
+    """What each flag that occurs means (results.FLAGS, the same words as summary.md)."""
     present = {f for s in run.summary if int(s.get("n") or 0) > 0 for f in str(s.get("flags", "")).split()}
-    notes = [f"*{f}*: {FLAG_NOTES.get(f, 'see summary.md')}" for f in sorted(present)]
+    notes = [f"*{f}*: {FLAGS.get(f, 'see summary.md')}" for f in sorted(present)]
     return ("Flags: " + "; ".join(notes) + ".") if notes else ""
 
 
