@@ -18,7 +18,7 @@ find_python() {
     return 1
 }
 
-want="$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     PY="$(find_python)" || { echo "setup: Python 3.11 not found (MXNet 1.9.1 and the pinned wheels need it); set RETINABENCH_PYTHON" >&2; exit 1; }
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -26,6 +26,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt \
         || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt; then
         echo "setup: pip could not install the pinned packages: is PyPI reachable? (pip's error is above)" >&2
+        exit 1
+    fi
+    # The project itself, editable: the `retinabench` console command (the same program as bench.py).
+    if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; then
+        echo "setup: pip could not install the project itself (pip's error is above)" >&2
         exit 1
     fi
     echo "$want" > "$STAMP"

@@ -15,13 +15,16 @@ import ctypes
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from backends.base import Backend
+from backends.base import Backend, choices
 from retinabench.errors import BackendUnavailable, BenchError, ModelError
+from retinabench.graph.caffe_export import UPSAMPLE_POLICIES
+from retinabench.records import RowSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_PYTHON = "RETINABENCH_CAFFE_PYTHON"
@@ -73,14 +76,51 @@ def _has_cuda(caffe) -> bool:
     return b"cudaGetDeviceCount" in data or b"libcudart" in data
 
 
+@dataclass(frozen=True)
+class CaffeVariant:
+    upsample: str     # how a converted model's nearest UpSampling becomes a Deconvolution
+
+
 # Variants name the upsampling policy of a converted model, so exact and bilinear are two rows of
 # one scenario: 'default' is exact (identical to nearest x2), 'bilinear' is the original port's.
-UPSAMPLE_BY_VARIANT = {"default": "exact", "bilinear": "bilinear"}
+# Shared by the opencv-caffe backend, which runs the same files.
+VARIANTS = {"default": CaffeVariant("exact"), "bilinear": CaffeVariant("bilinear")}
 
 
-class CaffeBackend(Backend):
+@dataclass(frozen=True)
+class CaffeOptions:
+    upsample: Optional[str] = choices(*UPSAMPLE_POLICIES)   # overrides the variant's policy
+
+
+class CaffeModelBackend(Backend):
+    """What both runtimes of Caffe models share (this backend and opencv-caffe): the upsampling
+    policy of a converted model (variant, or option), the files run, and what is recorded of them."""
+
+    variants = VARIANTS
+    Options = CaffeOptions
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.upsample: str = self.options.upsample or self.spec.upsample
+        self.files: Any = None        # retinabench.graph.caffe_export.CaffeFiles, once loaded
+
+    def settings(self) -> RowSettings:
+        s = super().settings()
+        converted = self.files is not None and bool(self.files.converted)
+        s.upsample = self.upsample if converted else "as in model"
+        s.extras["converted"] = converted if self.files is not None else None
+        return s
+
+
+class CaffeBackend(CaffeModelBackend):
     name = "caffe"
-    variants = tuple(UPSAMPLE_BY_VARIANT)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._blas: Optional[ctypes.CDLL] = None
+        self._net: Any = None
+        self._input: Any = None
+        self._outs: List[Any] = []
 
     @classmethod
     def interpreter(cls) -> Optional[str]:
@@ -101,10 +141,9 @@ class CaffeBackend(Backend):
         return True, ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
-        from retinabench.graph.caffe_export import cached_caffe_files, check_upsample
+        from retinabench.graph.caffe_export import cached_caffe_files
         from retinabench.graph.caffe_import import deploy_layers, load_caffe, read_prototxt
 
-        self.upsample = check_upsample(self.options.get("upsample", UPSAMPLE_BY_VARIANT[self.variant]))
         if self.threads:  # read by OpenBLAS when libcaffe loads; set again below for an early import
             os.environ.setdefault("OPENBLAS_NUM_THREADS", str(self.threads))
         caffe = _import_caffe()
@@ -128,7 +167,7 @@ class CaffeBackend(Backend):
         if not files.converted:  # a third-party pair: pycaffe aborts on a mismatch, so check it first
             load_caffe(files.prototxt, files.caffemodel)
         self._net = caffe.Net(str(files.prototxt), str(files.caffemodel), caffe.TEST)
-        self._files = files
+        self.files = files
         self._input = self._net.blobs[files.input_name]
         self._shape = (batch, 3, height, width)
         if tuple(self._input.data.shape) != self._shape:
@@ -152,13 +191,10 @@ class CaffeBackend(Backend):
         return {"caffe": getattr(caffe, "__version__", "?"), "python": platform.python_version(),
                 "numpy": np.__version__, "protobuf": google.protobuf.__version__}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         s = super().settings()
-        files = getattr(self, "_files", None)
-        blas = getattr(self, "_blas", None)
-        s.update(openblas_threads=int(blas.openblas_get_num_threads()) if blas is not None else None,
-                 upsample=self.upsample if files is not None and files.converted else "as in model",
-                 converted=bool(files.converted) if files is not None else None)
+        blas = self._blas
+        s.extras["openblas_threads"] = int(blas.openblas_get_num_threads()) if blas is not None else None
         return s
 
     def close(self) -> None:

@@ -15,43 +15,50 @@ reason, and carry on with the other rows.
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from backends.base import Backend
-from retinabench.errors import BenchError
+from backends.base import Backend, choices
 from retinabench.graph.ir import Graph, infer_shapes
+from retinabench.records import RowSettings
 
 FAULTS = ("segfault", "abort", "exit", "raise")
 
 
+@dataclass(frozen=True)
+class EmptyOptions:
+    fault: Optional[str] = choices(*FAULTS)   # fail this way (a debugging hook for the harness)
+    fault_after: int = 0                      # ... after this many infer calls
+
+
 class EmptyBackend(Backend):
     name = "empty"
+    Options = EmptyOptions
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._calls = 0
+        self._out: Dict[str, np.ndarray] = {}
 
     def load(self, model, batch: int, height: int, width: int) -> None:
-        self._fault = str(self.options.get("fault", "") or "")
-        if self._fault and self._fault not in FAULTS:
-            raise BenchError(f"empty backend: option fault={self._fault!r} (known: {', '.join(FAULTS)})")
-        try:
-            self._fault_after = int(self.options.get("fault_after", 0))
-        except ValueError:
-            raise BenchError(f"empty backend: option fault_after={self.options['fault_after']!r} is not an integer") from None
-        self._calls = 0
         graph = model.graph()
         shapes = infer_shapes(graph, (batch, 3, height, width))
         self.output_names = list(graph.outputs)
         self._out = {n: _no_face(graph, n, shapes) for n in self.output_names}
 
     def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
-        if self._fault:
+        if self.options.fault:
             self._calls += 1
-            if self._calls > self._fault_after:
-                _inject(self._fault)
+            if self._calls > self.options.fault_after:
+                _inject(self.options.fault)
         return self._out
 
-    def settings(self) -> Dict[str, object]:
-        return {**super().settings(), "precision": "none"}
+    def settings(self) -> RowSettings:
+        s = super().settings()
+        s.precision = "none"
+        return s
 
 
 def _no_face(graph: Graph, name: str, shapes: Dict[str, Tuple[int, ...]]) -> np.ndarray:

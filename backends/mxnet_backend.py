@@ -6,17 +6,22 @@ and the original project's MXNet figures (0.1 ms at 320x416) timed the queueing,
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
 from backends.base import Backend
+from retinabench.records import RowSettings
 
 
 class MXNetBackend(Backend):
     name = "mxnet"
     runtime_module = "mxnet"
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._exec: Any = None
+        self._data: Any = None
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import mxnet as mx  # intra-op threads: OMP_NUM_THREADS, set by the worker before this import
@@ -53,9 +58,11 @@ class MXNetBackend(Backend):
         import mxnet as mx
         return {"mxnet": mx.__version__, "mxnet_engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")}
 
-    def settings(self) -> Dict[str, object]:
-        return {**super().settings(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
-                "precision": "f32"}
+    def settings(self) -> RowSettings:
+        s = super().settings()
+        s.precision = "f32"
+        s.extras["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS", "default")
+        return s
 
     def close(self) -> None:
         self._exec = None

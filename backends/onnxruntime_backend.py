@@ -7,18 +7,36 @@ build has it (the GPU machine's onnxruntime is CPU-only: that is a clear "unavai
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, List
 
 import numpy as np
 
-from backends.base import Backend
-from retinabench.errors import BackendUnavailable, BenchError
+from backends.base import Backend, choices
+from retinabench.errors import BackendUnavailable
+from retinabench.records import RowSettings
+
+OPT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    graph_optimization_level: str = choices(*OPT_LEVELS, default="ORT_ENABLE_ALL")
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     runtime_module = "onnxruntime"
+    Options = OnnxRuntimeOptions
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._session: Any = None
+        self._providers: List[str] = []
+        self._input = ""
+        self._opt_level = self.options.graph_optimization_level
+        # ORT's own default (0) means "one per physical core"; we pick the usable cores and record it.
+        self.intra_threads = int(self.threads) if self.threads else len(os.sched_getaffinity(0))
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import onnxruntime as ort
@@ -33,16 +51,9 @@ class OnnxRuntimeBackend(Backend):
         else:
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
-        # ORT's own default (0) means "one per physical core"; we pick the usable cores and record it.
-        self.intra_threads = int(self.threads) if self.threads else len(os.sched_getaffinity(0))
         opts.intra_op_num_threads = self.intra_threads
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = str(self.options.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-        if not level.startswith("ORT_") or not hasattr(ort.GraphOptimizationLevel, level):
-            raise BenchError(f"onnxruntime option graph_optimization_level={level!r}: want ORT_DISABLE_ALL, "
-                             "ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED or ORT_ENABLE_ALL")
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        self._opt_level = opts.graph_optimization_level
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self._opt_level)
         path = onnx_for(model, (batch, 3, height, width))
         self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self._providers = self._session.get_providers()
@@ -57,12 +68,11 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
         return {"onnxruntime": ort.__version__}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         s = super().settings()
-        if hasattr(self, "_session"):
-            s.update(threads=self.intra_threads, intra_op_num_threads=self.intra_threads,
-                     graph_optimization_level=str(self._opt_level).split(".")[-1],
-                     providers=list(self._providers), precision="f32")
+        s.threads, s.precision = self.intra_threads, "f32"
+        s.extras.update(intra_op_num_threads=self.intra_threads, graph_optimization_level=self._opt_level,
+                        providers=list(self._providers))
         return s
 
     def close(self) -> None:

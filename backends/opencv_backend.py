@@ -11,16 +11,20 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from backends.base import Backend
-from backends.caffe_backend import UPSAMPLE_BY_VARIANT
+from backends.caffe_backend import CaffeModelBackend
 from retinabench.errors import BackendUnavailable, BenchError
+from retinabench.records import RowSettings
 
 
-
-class OpenCVCaffeBackend(Backend):
+class OpenCVCaffeBackend(CaffeModelBackend):
     name = "opencv-caffe"
     runtime_module = "cv2"
-    variants = tuple(UPSAMPLE_BY_VARIANT)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._net: Any = None
+        self._layers: List[str] = []
+        self._shape: Tuple[int, ...] = ()
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
@@ -34,10 +38,9 @@ class OpenCVCaffeBackend(Backend):
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import cv2
-        from retinabench.graph.caffe_export import cached_caffe_files, check_upsample
+        from retinabench.graph.caffe_export import cached_caffe_files
         from retinabench.graph.caffe_import import load_caffe
 
-        self.upsample = check_upsample(self.options.get("upsample", UPSAMPLE_BY_VARIANT[self.variant]))
         if self.threads:
             cv2.setNumThreads(int(self.threads))
         files = cached_caffe_files(model, (batch, 3, height, width), self.upsample)
@@ -53,7 +56,7 @@ class OpenCVCaffeBackend(Backend):
             net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self._net = net
-        self._files = files
+        self.files = files
         self._layers: List[str] = list(files.output_layers)
         self._shape = (batch, 3, height, width)
         self.output_names = list(files.outputs)
@@ -69,13 +72,10 @@ class OpenCVCaffeBackend(Backend):
         import cv2
         return {"opencv": cv2.__version__}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         import cv2
         s = super().settings()
-        files = getattr(self, "_files", None)
-        s.update(opencv_threads=cv2.getNumThreads(),
-                 upsample=self.upsample if files is not None and files.converted else "as in model",
-                 converted=bool(files.converted) if files is not None else None)
+        s.extras["opencv_threads"] = cv2.getNumThreads()
         return s
 
     def close(self) -> None:

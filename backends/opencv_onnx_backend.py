@@ -11,11 +11,18 @@ import numpy as np
 
 from backends.base import Backend
 from retinabench.errors import BackendUnavailable, ModelError
+from retinabench.records import RowSettings
 
 
 class OpenCVOnnxBackend(Backend):
     name = "opencv-onnx"
     runtime_module = "cv2"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._net: Any = None
+        self._input = ""
+        self._reexported = False
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
@@ -38,7 +45,6 @@ class OpenCVOnnxBackend(Backend):
             cv2.setNumThreads(int(self.threads))
         shape = (batch, 3, height, width)
         path = onnx_for(model, shape)
-        self._reexported = False
         try:
             net = cv2.dnn.readNetFromONNX(str(path))
         except cv2.error as e:
@@ -65,11 +71,11 @@ class OpenCVOnnxBackend(Backend):
         import cv2
         return {"opencv": cv2.__version__}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         import cv2
         s = super().settings()
-        s.update(threads=cv2.getNumThreads(), dnn_backend="opencv", dnn_target="cpu", precision="f32",
-                 reexported_onnx=getattr(self, "_reexported", False))
+        s.threads, s.precision = cv2.getNumThreads(), "f32"
+        s.extras.update(dnn_backend="opencv", dnn_target="cpu", reexported_onnx=self._reexported)
         return s
 
     def close(self) -> None:

@@ -7,21 +7,41 @@ without bf16 silently runs the bf16 request in f32.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, List
 
 import numpy as np
 
-from backends.base import Backend
+from backends.base import Backend, choices
 from retinabench.errors import BackendUnavailable
+from retinabench.records import RowSettings
 
-PRECISIONS = {"default": "f32", "bf16": "bf16"}
+
+@dataclass(frozen=True)
+class OpenVINOVariant:
+    precision: str          # INFERENCE_PRECISION_HINT asked for
+
+
+VARIANTS = {"default": OpenVINOVariant("f32"), "bf16": OpenVINOVariant("bf16")}
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    performance_hint: str = choices("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT", default="LATENCY")
 
 
 class OpenVINOBackend(Backend):
     name = "openvino"
     runtime_module = "openvino"
-    variants = tuple(PRECISIONS)
+    variants = VARIANTS
+    Options = OpenVINOOptions
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._compiled: Any = None
+        self._request: Any = None
+        self._outputs: List[Any] = []
+        self._actual: Dict[str, str] = {}
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import openvino as ov
@@ -32,8 +52,8 @@ class OpenVINOBackend(Backend):
         core = ov.Core()
         ov_model = core.read_model(str(onnx_for(model, (batch, 3, height, width))))
         ov_model.reshape([batch, 3, height, width])  # a no-op for our exports; fixes dynamic ONNX inputs
-        config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.variant],
-                                  "PERFORMANCE_HINT": self.options.get("performance_hint", "LATENCY")}
+        config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.spec.precision,
+                                  "PERFORMANCE_HINT": self.options.performance_hint}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self._compiled = core.compile_model(ov_model, "CPU", config)
@@ -53,13 +73,13 @@ class OpenVINOBackend(Backend):
         import openvino as ov
         return {"openvino": ov.get_version()}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         s = super().settings()
-        if hasattr(self, "_actual"):
-            a = self._actual
-            s.update(threads=int(a["INFERENCE_NUM_THREADS"]), precision=_short(a["INFERENCE_PRECISION_HINT"]),
-                     requested_precision=PRECISIONS[self.variant], num_streams=int(a["NUM_STREAMS"]),
-                     performance_hint=a["PERFORMANCE_HINT"])
+        a = self._actual
+        if a:  # read back from the compiled model: a CPU without bf16 silently runs f32
+            s.threads, s.precision = int(a["INFERENCE_NUM_THREADS"]), _short(a["INFERENCE_PRECISION_HINT"])
+            s.extras.update(requested_precision=self.spec.precision, num_streams=int(a["NUM_STREAMS"]),
+                            performance_hint=a["PERFORMANCE_HINT"])
         return s
 
     def close(self) -> None:

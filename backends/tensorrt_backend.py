@@ -2,12 +2,12 @@
 
 The ONNX comes from our exporter (retinabench.graph.onnx_export.onnx_for) with a free batch
 dimension; the engine has one optimisation profile: min 1, opt = the row's batch, max = the
-row's max batch (backend option `max_batch`, default the batch). Engines are cached by model hash,
+row's max batch (the scenario's `max_batch`, default the batch). Engines are cached by model hash,
 ONNX hash, input shape, profile, precision, workspace, TensorRT version and GPU name
 (retinabench.graph.cache), so a second row or run deserialises instead of building.
 
 Variants: `default` (FP32, TF32 cleared: the parity row), `fp16` (BuilderFlag.FP16; I/O stays
-float32), `fp16-pipe` (fp16 with the torch backend's GPU preprocessing and decode + NMS).
+float32), `fp16-pipe` (fp16 inside the family's device stages, the same pipeline as torch's `pipe`).
 Device buffers are torch tensors (data_ptr -> set_tensor_address); the stream is a torch stream,
 so CUDA events time the engine's GPU work (`gpu_time_ms`, every infer call, warmup first).
 
@@ -17,6 +17,7 @@ runtime tests skip; CI type-checks this file against tensorrt-stubs (tests/test_
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,16 +25,45 @@ import numpy as np
 
 from backends.base import Backend
 from retinabench.errors import BackendUnavailable, BenchError, ModelError
+from retinabench.model.device.pipeline import DeviceStageOptions, DeviceStages
+from retinabench.records import RowSettings
 
 # Bump when the build settings below change: part of the engine cache key.
 BUILDER_VERSION = "retinabench-trt-1"
 DEFAULT_WORKSPACE_MIB = 1024
-VARIANTS = ("default", "fp16", "fp16-pipe")
 
 
-class TensorRTBackend(Backend):
+@dataclass(frozen=True)
+class TensorRTVariant:
+    precision: str = "fp32"        # fp32 (TF32 cleared: the parity row) | fp16 (BuilderFlag.FP16)
+    device_stages: bool = False    # the family's GPU preprocessing and decode + NMS around the engine
+
+
+VARIANTS = {
+    "default": TensorRTVariant(),
+    "fp16": TensorRTVariant("fp16"),
+    "fp16-pipe": TensorRTVariant("fp16", device_stages=True),
+}
+
+
+@dataclass(frozen=True)
+class TensorRTOptions(DeviceStageOptions):
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB   # the builder's workspace memory pool
+
+
+class TensorRTBackend(DeviceStages, Backend):
     name = "tensorrt"
     variants = VARIANTS
+    Options = TensorRTOptions
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        spec: TensorRTVariant = self.spec
+        self.precision = spec.precision
+        self.workspace = int(self.options.workspace_mib) << 20
+        self.build_s: Optional[float] = None
+        # The same pipeline as torch's `pipe`: the family's stages captured as CUDA graphs, uncompiled.
+        self.init_device_stages(spec.device_stages, compile_by_default=False)
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:
@@ -59,11 +89,9 @@ class TensorRTBackend(Backend):
 
         if not self.device.startswith("cuda"):
             raise BackendUnavailable(f"tensorrt runs on a CUDA device, not {self.device!r}")
-        self.max_batch = int(self.options.get("max_batch", batch))
+        self.max_batch = int(self.max_batch or batch)
         if self.max_batch < batch:
-            raise BenchError(f"tensorrt option max_batch={self.max_batch} is below the batch {batch}")
-        self.workspace = int(self.options.get("workspace_mib", DEFAULT_WORKSPACE_MIB)) << 20
-        self.precision = "fp32" if self.variant == "default" else "fp16"
+            raise BenchError(f"tensorrt: max_batch={self.max_batch} is below the batch {batch}")
         self._dev = torch.device(self.device)
         onnx_path = onnx_for(model, (self.max_batch, 3, height, width), dynamic_batch=True)
         profile = [(1, 3, height, width), (batch, 3, height, width), (self.max_batch, 3, height, width)]
@@ -71,7 +99,6 @@ class TensorRTBackend(Backend):
                "precision": self.precision, "workspace": self.workspace, "tensorrt": trt.__version__,
                "gpu": torch.cuda.get_device_name(self._dev), "builder": BUILDER_VERSION}
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self.build_s: Optional[float] = None
 
         def build(folder: Path) -> None:
             t0 = time.perf_counter()
@@ -101,14 +128,12 @@ class TensorRTBackend(Backend):
             if not self._context.set_tensor_address(n, self._buffers[n].data_ptr()):
                 raise BenchError(f"tensorrt rejected the buffer of tensor {n!r}")
         self.output_names = [n for n in names if n != self._input_name]
-        self._input = self._buffers[self._input_name]
+        self._input = self.device_input = self._buffers[self._input_name]
         self._host = [torch.empty(self._buffers[n].shape, dtype=torch.float32, pin_memory=True)
                       for n in self.output_names]
         self._stream = torch.cuda.Stream(self._dev)
-        from backends.torch_cuda import GpuTimer
+        from retinabench.model.device.cuda import GpuTimer
         self._timer = GpuTimer()
-        self._pre: Any = None
-        self._post: Any = None
 
     def _build(self, onnx_path: Path, profile: List[Tuple[int, int, int, int]]) -> bytes:
         import tensorrt as trt
@@ -147,39 +172,18 @@ class TensorRTBackend(Backend):
                 raise BenchError("tensorrt execute_async_v3 failed")
             self._timer.stop()
             outs = [self._buffers[n] for n in self.output_names]
-            if self.variant != "fp16-pipe":
+            if not self.stages_on_device:
                 for h, o in zip(self._host, outs):
                     h.copy_(o, non_blocking=True)
             self._stream.synchronize()
         self._timer.read()
-        if self.variant == "fp16-pipe":
+        if self.stages_on_device:
             return dict(zip(self.output_names, outs))
         return {n: h.numpy() for n, h in zip(self.output_names, self._host)}
 
-    def host_outputs(self, outputs: Dict[str, Any]) -> Dict[str, np.ndarray]:
-        return {k: (v if isinstance(v, np.ndarray) else v.float().cpu().numpy()) for k, v in outputs.items()}
-
-    def device_preprocess(self, family: Any, mode: str, size: Optional[Tuple[int, int]]) -> Any:
-        if self.variant != "fp16-pipe":
-            return None
-        from backends.torch_pre import DevicePreprocessor
-        self._pre = DevicePreprocessor(self._input, family.normalization, mode, size)
-        return self._pre
-
-    def device_postprocess(self, family: Any, output_names: List[str], threshold: float) -> Any:
-        if self.variant != "fp16-pipe":
-            return None
-        from backends.torch_post import make_postprocessor
-        self._post = make_postprocessor(family, output_names, threshold, self.options, True)
-        return self._post
-
-    def extra_metrics(self) -> Dict[str, Any]:
-        extra: Dict[str, Any] = {"gpu_time_ms": list(self._timer.times_ms), "gpu_times_include_warmup": True}
-        if self._pre is not None and self._pre.timer is not None:
-            extra["gpu_preprocess_ms"] = list(self._pre.timer.times_ms)
-        if self._post is not None and self._post.timer is not None:
-            extra["gpu_postprocess_ms"] = list(self._post.timer.times_ms)
-        return extra
+    def metrics(self) -> Dict[str, Any]:
+        return {"gpu_time_ms": list(self._timer.times_ms), "gpu_times_include_warmup": True,
+                **self.device_stage_metrics()}
 
     def versions(self) -> Dict[str, str]:
         import tensorrt as trt
@@ -187,11 +191,13 @@ class TensorRTBackend(Backend):
         return {"tensorrt": trt.__version__, "torch": torch.__version__, "cuda": str(torch.version.cuda),
                 "gpu": torch.cuda.get_device_name(self._dev)}
 
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> RowSettings:
         s = super().settings()
-        s.update(precision=self.precision, max_batch=self.max_batch, workspace_mib=self.workspace >> 20,
-                 engine_build_s=None if self.build_s is None else round(self.build_s, 3),
-                 engine_cached=self.build_s is None)
+        s.precision = "f16" if self.precision == "fp16" else "f32"
+        s.device_stages = self.stages_on_device
+        s.extras.update(max_batch=self.max_batch, workspace_mib=self.workspace >> 20,
+                        engine_build_s=None if self.build_s is None else round(self.build_s, 3),
+                        engine_cached=self.build_s is None, **self.device_stage_settings())
         return s
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retinabench.harness.env import fingerprint  # noqa: E402
 from retinabench.harness.loop import STAGES, measure  # noqa: E402
-from retinabench.report.results import atomic_text, create_run_dir  # noqa: E402
+from retinabench.store import RunStore  # noqa: E402
 
 
 def main() -> int:
@@ -32,11 +32,11 @@ def main() -> int:
     us = result.samples_ns / 1e3
     stats = {stage: {"median_us": float(np.median(us[:, i])), "p99_us": float(np.percentile(us[:, i], 99)),
                      "mean_us": float(us[:, i].mean())} for i, stage in enumerate(STAGES)}
-    run = create_run_dir(Path(args.out), "harness-overhead")
-    atomic_text(run / "overhead.json", json.dumps({"loops": args.loops, "stages": stats, "env": fingerprint()}, indent=1))
+    run = RunStore.create(Path(args.out), "harness-overhead")
+    run.write_file("overhead.json", json.dumps({"loops": args.loops, "stages": stats, "env": fingerprint()}, indent=1))
     for stage, s in stats.items():
         print(f"{stage:12s} median {s['median_us']:.3f} us  p99 {s['p99_us']:.3f} us")
-    print(f"results: {run}")
+    print(f"results: {run.path}")
     return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retinabench.report.results import atomic_text, create_run_dir  # noqa: E402
+from retinabench.store import RunStore  # noqa: E402
 
 ENGINES = {"threaded": "ThreadedEnginePerDevice", "naive": "NaiveEngine"}
 TOLERANCE = 0.10
@@ -49,9 +49,10 @@ def engine_verdict(threaded_ms: float, naive_ms: float, tolerance: float = TOLER
 
 
 def main(argv=None) -> int:
-    from retinabench.cli import resolve_images, resolve_model
+    from retinabench.cli.common import resolve_images, resolve_model
     from retinabench.config import scenario_from_dict
     from retinabench.harness.runner import run_scenario
+    from retinabench.report.summary import summarise_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="model path (an MXNet checkpoint is loaded natively)")
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
 
     model, images = resolve_model(args.model), resolve_images([args.image])
     w, h = (int(v) for v in args.size.lower().split("x"))
-    check = create_run_dir(Path(args.out), "mxnet-engine-check")
+    check = RunStore.create(Path(args.out), "mxnet-engine-check")
     medians: Dict[str, float] = {}
     recorded: Dict[str, str] = {}
     lines = []
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
             "loops": args.loops, "warmup": args.warmup,
             "backends": [{"name": "mxnet", "env": {"MXNET_ENGINE_TYPE": engine}}],
         }, source=f"{Path(__file__).name}:{label}")
-        outcome = run_scenario(scenario, model, images, check,
+        outcome = run_scenario(scenario, model, images, check.path, summarise_run,
                                on_row_done=lambda r, i, n: print(f"{r.key} ({label}): {r.status} {r.reason}",
                                                                  file=sys.stderr))
         shutil.rmtree(outcome.run_dir / ".work", ignore_errors=True)  # worker scratch: duplicates rows/
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         if row.status != "passed":
             print(f"error: {label} run {row.status}: {row.reason}", file=sys.stderr)
             return 2
-        recorded[label] = row.info.get("versions", {}).get("mxnet_engine", "")
+        recorded[label] = row.result.versions.get("mxnet_engine", "")
         if recorded[label] != engine:  # the worker must have run under the engine we asked for
             print(f"error: {label} run recorded engine {recorded[label]!r}, expected {engine!r}", file=sys.stderr)
             return 2
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     verdict = {**engine_verdict(medians["threaded"], medians["naive"]), "engines_recorded": recorded,
                "size": args.size, "loops": args.loops, "warmup": args.warmup, "threads": args.threads,
                "model": str(model), "images": [str(i) for i in images]}
-    atomic_text(check / "verdict.json", json.dumps(verdict, indent=1))
+    check.write_file("verdict.json", json.dumps(verdict, indent=1))
     summary = "\n".join([
         "# MXNet engine check: does the inference stage wait for the work?", "",
         f"Scenario: {args.size}, batch 1, {args.loops} loops (+{args.warmup} warmup), {args.threads} threads.", "",
@@ -110,9 +111,9 @@ def main(argv=None) -> int:
         "A stage timed without waiting would show the default engine far below NaiveEngine; equal medians,",
         "or a slower default engine (its worker threads competing for the cores), mean the stage ends when",
         "the outputs exist (`asnumpy`).", ""])
-    atomic_text(check / "summary.md", summary)
+    check.write_file("summary.md", summary)
     print(summary)
-    print(f"results: {check}")
+    print(f"results: {check.path}")
     return 0 if verdict["passed"] else 1
 
 

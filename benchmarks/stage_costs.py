@@ -29,7 +29,7 @@ from retinabench.harness.env import fingerprint  # noqa: E402
 from retinabench.model.family import get_family  # noqa: E402
 from retinabench.model.preprocess import Preprocessor  # noqa: E402
 from retinabench.model.source import open_model  # noqa: E402
-from retinabench.report.results import atomic_text, create_run_dir  # noqa: E402
+from retinabench.store import RunStore  # noqa: E402
 from retinabench.report.stats import Measurement  # noqa: E402
 
 
@@ -81,14 +81,14 @@ def main() -> int:
                                                  before=lambda: backend.infer(blob)),
         }
         versions = backend.versions()
-    run = create_run_dir(Path(args.out), "stage-costs")
+    run = RunStore.create(Path(args.out), "stage-costs")
     record = {"model": model.describe(), "image": args.image, "size": args.size, "threshold": args.threshold,
               "faces": len(faces), "loops": args.loops, "backend": args.backend, "threads": args.threads,
               "versions": versions, "stages_ms": {k: m.to_dict() for k, m in stats.items()}, "env": fingerprint()}
-    atomic_text(run / "stage_costs.json", json.dumps(record, indent=1))
+    run.write_file("stage_costs.json", json.dumps(record, indent=1))
     for k, m in stats.items():
         print(f"{k:30s} median {m.median_ms:.3f} ms  p90 {m.p90_ms:.3f} ms")
-    print(f"{len(faces)} faces; results: {run}")
+    print(f"{len(faces)} faces; results: {run.path}")
     return 0
 
 

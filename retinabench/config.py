@@ -7,14 +7,17 @@ overridden by RETINABENCH_MODEL / RETINABENCH_IMAGE, overridden by the CLI's --m
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from retinabench.errors import ConfigError
+from backends.base import REGISTRY, backend_class
+from retinabench.errors import BenchError, ConfigError
 from retinabench.model.preprocess import INPUT_MODES
+from retinabench.records import BackendSpec, InputSpec, RowId, check_device
 
 MAX_SIDE = 8192
 MAX_BATCH = 1024
@@ -33,38 +36,15 @@ WORKER_ENV = frozenset({
 
 
 @dataclass(frozen=True)
-class InputSize:
-    mode: str            # "native" or "fit"
-    width: int = 0       # 0 in native mode: the image's own size
-    height: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.width}x{self.height}" if self.mode == "fit" else "native"
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    variant: str = "default"
-    threads: Optional[int] = None
-    device: str = "cpu"
-    options: Dict[str, Any] = field(default_factory=dict)
-    env: Dict[str, str] = field(default_factory=dict)  # worker environment (WORKER_ENV names only)
-
-
-@dataclass(frozen=True)
 class Row:
-    """One measured configuration: a backend at one batch size."""
+    """One measured configuration: its identity and the backend entry it came from."""
 
+    id: RowId
     backend: BackendSpec
-    batch: int
-    max_batch: int
 
     @property
     def key(self) -> str:
-        b = self.backend
-        return f"{b.name}-{b.variant}-b{self.batch}-m{self.max_batch}"
+        return self.id.key
 
 
 @dataclass(frozen=True)
@@ -72,7 +52,7 @@ class Scenario:
     name: str
     model: str
     images: Tuple[str, ...]
-    input: InputSize
+    input: InputSpec
     backends: Tuple[BackendSpec, ...]
     batches: Tuple[int, ...] = (1,)
     max_batch: Tuple[int, ...] = ()
@@ -88,19 +68,26 @@ class Scenario:
     source: str = ""
 
     def rows(self) -> List[Row]:
+        """Every backend entry at every batch size, each batch with the smallest max batch that holds it."""
         rows = []
         for b in self.backends:
             for n in self.batches:
                 fitting = [m for m in self.max_batch if m >= n]
-                rows.append(Row(b, n, min(fitting) if fitting else n))
+                rid = RowId(b.name, b.variant, b.device, self.input.label, n, min(fitting) if fitting else n)
+                rows.append(Row(rid, b))
         return rows
 
+    @classmethod
+    def field_defaults(cls) -> Dict[str, Any]:
+        """The default of every field that has one (what a config written before a field existed meant)."""
+        return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in fields(cls) if f.default is not MISSING}
+
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["images"] = list(self.images)
-        d["backends"] = [asdict(b) for b in self.backends]
-        d["batches"] = list(self.batches)
-        d["max_batch"] = list(self.max_batch)
+        d: Dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(images=list(self.images), input=self.input.to_json(),
+                 backends=[b.to_json() for b in self.backends], batches=list(self.batches),
+                 max_batch=list(self.max_batch))
         return d
 
 
@@ -145,7 +132,7 @@ def _int_list(where: str, value: Any, lo: int, hi: int) -> Tuple[int, ...]:
     return ints
 
 
-def _input(where: str, value: Any) -> InputSize:
+def _input(where: str, value: Any) -> InputSpec:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping with mode, width, height")
     unknown = _unknown(value, {"mode", "width", "height"})
@@ -157,7 +144,7 @@ def _input(where: str, value: Any) -> InputSize:
     if mode == "native":
         if "width" in value or "height" in value:
             raise ConfigError(f"{where}: 'native' mode takes the image's own size; remove width/height")
-        return InputSize("native")
+        return InputSpec("native")
     for k in ("width", "height"):
         if k not in value:
             raise ConfigError(f"{where}.{k}: required in 'fit' mode")
@@ -166,17 +153,23 @@ def _input(where: str, value: Any) -> InputSize:
     for k, v in (("width", w), ("height", h)):
         if v % 32:
             raise ConfigError(f"{where}.{k}: {v} is not a multiple of 32 (needed in 'fit' mode)")
-    return InputSize("fit", w, h)
+    return InputSpec("fit", w, h)
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    """'1280x896' -> (1280, 896); sizes are written width x height."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 1280x896") from None
-    _input("--size", {"mode": "fit", "width": w, "height": h})
-    return w, h
+def parse_size(text: str, where: str = "size") -> Tuple[int, int]:
+    """'1280x896' -> (1280, 896): sizes are written width x height, each a positive integer.
+
+    Only the syntax is checked here; `fit_input` adds what an input size must also be."""
+    m = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", str(text))
+    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+        raise ConfigError(f"{where} {text!r}: expected WIDTHxHEIGHT, e.g. 1280x896")
+    return int(m.group(1)), int(m.group(2))
+
+
+def fit_input(text: str, where: str = "--size") -> InputSpec:
+    """A 'fit' input size from WIDTHxHEIGHT text, validated as the scenario's `input` field is."""
+    w, h = parse_size(text, where)
+    return _input(where, {"mode": "fit", "width": w, "height": h})
 
 
 def _backend(where: str, value: Any, threads: Optional[int], device: str) -> BackendSpec:
@@ -188,10 +181,18 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
     if unknown:
         raise ConfigError(f"{where}.{unknown}: unknown field (known: {', '.join(sorted(_BACKEND_FIELDS))})")
     name = _str(f"{where}.name", value.get("name"))
-    from backends.base import REGISTRY
     if name not in REGISTRY:
         raise ConfigError(f"{where}.name: unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    try:
+        cls = backend_class(name)
+    except BenchError as e:
+        raise ConfigError(f"{where}.name: {e}") from None
+    variant = _str(f"{where}.variant", value.get("variant", "default"))
+    if variant not in cls.variants:
+        raise ConfigError(f"{where}.variant: backend {name!r} has no variant {variant!r} "
+                          f"(known: {', '.join(cls.variants)})")
     options = _scalar_map(f"{where}.options", value.get("options"))
+    cls.parse_options(options, f"{where}.options (backend {name!r})")  # an unknown or mistyped key fails here
     env = {k: str(v) for k, v in _scalar_map(f"{where}.env", value.get("env")).items()}
     for k, v in env.items():
         if k not in WORKER_ENV:
@@ -201,12 +202,19 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
     t = value.get("threads", threads)
     return BackendSpec(
         name=name,
-        variant=_str(f"{where}.variant", value.get("variant", "default")),
+        variant=variant,
         threads=None if t is None else _int(f"{where}.threads", t, 1, 1024),
-        device=_str(f"{where}.device", value.get("device", device)),
+        device=_device(f"{where}.device", value.get("device", device)),
         options=options,
         env=env,
     )
+
+
+def _device(where: str, value: Any) -> str:
+    try:
+        return check_device(_str(where, value))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _scalar_map(where: str, value: Any) -> Dict[str, Any]:
@@ -235,7 +243,7 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     threads = data.get("threads")
     if threads is not None:
         threads = _int("threads", threads, 1, 1024)
-    device = _str("device", data.get("device", "cpu"))
+    device = _device("device", data.get("device", "cpu"))
     images = data.get("images", ["default"])
     if isinstance(images, str):
         images = [images]
@@ -248,16 +256,17 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold: expected a number in [0, 1], got {threshold!r}")
     specs = tuple(_backend(f"backends[{i}]", b, threads, device) for i, b in enumerate(backends))
-    keys = [(b.name, b.variant, b.device) for b in specs]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("backends: the same backend, variant and device is listed twice")
+    entries = [(b.name, b.variant, b.device) for b in specs]
+    for i, e in enumerate(entries):
+        if e in entries[:i]:
+            raise ConfigError(f"backends[{i}]: backend {e[0]!r}, variant {e[1]!r} on {e[2]} is listed twice")
     reference = data.get("reference")
     if reference is not None and (not isinstance(reference, str) or reference not in {b.name for b in specs}):
         raise ConfigError(f"reference: {reference!r} is not one of the scenario's backends")
     family = data.get("family")
     if family is not None and (not isinstance(family, str) or family not in ("insightface", "biubug6")):
         raise ConfigError(f"family: expected 'insightface' or 'biubug6', got {family!r}")
-    return Scenario(
+    scenario = Scenario(
         name=_str("name", data.get("name", Path(source).stem)),
         model=_str("model", data["model"]),
         images=tuple(_str(f"images[{i}]", v) for i, v in enumerate(images)),
@@ -275,6 +284,11 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
                        if data.get("row_timeout_s") is not None else None),
         source=source,
     )
+    keys: Dict[str, RowId] = {}
+    for row in scenario.rows():  # keys name files: two identities must never share one
+        if keys.setdefault(row.key, row.id) != row.id:
+            raise ConfigError(f"backends: rows {keys[row.key]} and {row.id} would share the key {row.key!r}")
+    return scenario
 
 
 def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Scenario:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from retinabench.errors import BenchError
+from retinabench.store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +51,8 @@ def _sha256(data: bytes) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the target and rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a shared cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def _cached(path: Path, sha256: str) -> bool:

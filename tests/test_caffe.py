@@ -51,7 +51,7 @@ for job in json.load(open(sys.argv[1])):
         with create_backend("caffe", threads=2, options={"upsample": job["upsample"]}) as be:
             be.load(open_model(job["model"]), blob.shape[0], blob.shape[2], blob.shape[3])
             np.savez(job["out"], **be.infer(blob))
-            info = {"names": be.output_names, "settings": be.settings(), "versions": be.versions()}
+            info = {"names": be.output_names, "settings": be.settings().to_json(), "versions": be.versions()}
     except BenchError as e:
         info = {"error": type(e).__name__, "message": str(e)}
     with open(job["out"] + ".json", "w") as f:
@@ -135,7 +135,7 @@ def opencv_run(model, blob, upsample="exact", threads=None):
     with create_backend("opencv-caffe", threads=threads, options={"upsample": upsample}) as be:
         be.load(model, blob.shape[0], blob.shape[2], blob.shape[3])
         outs = be.infer(blob)
-        return {"names": be.output_names, "outputs": outs, "settings": be.settings()}
+        return {"names": be.output_names, "outputs": outs, "settings": be.settings().to_json()}
 
 
 def run_on(backend, key, model, blob, upsample, pycaffe_runs_factory):
@@ -358,7 +358,7 @@ def test_conversion_cache_is_keyed_by_shape_and_policy(mnet25, seed_caffe_dirs, 
 
 
 def test_unknown_upsample_policy(mnet25, mxnet_native):
-    with pytest.raises(BenchError, match="upsample policy 'nearest'"):
+    with pytest.raises(BenchError, match="upsample: 'nearest' is not one of exact, bilinear"):
         opencv_run(mnet25, mxnet_native["blob"], upsample="nearest")
 
 
@@ -367,7 +367,7 @@ def test_bilinear_variant_selects_the_policy(mnet25):
     for variant, policy in (("default", "exact"), ("bilinear", "bilinear")):
         with OpenCVCaffeBackend(variant=variant) as be:
             be.load(mnet25, 1, 224, 320)
-            assert be.settings()["upsample"] == policy
+            assert be.settings().to_json()["upsample"] == policy
 
 
 def test_opencv_records_threads(mnet25):
@@ -378,18 +378,16 @@ def test_opencv_records_threads(mnet25):
 # --- the convert command --------------------------------------------------------------------------
 
 def _convert_args(*argv):
-    from retinabench import cli_convert
-    parser = argparse.ArgumentParser(prog="bench.py")
-    cli_convert.add_parser(parser.add_subparsers(dest="command"))
-    return cli_convert, parser.parse_args(["convert", *argv])
+    from retinabench.cli import build_parser, convert
+    return convert, build_parser().parse_args(["convert", *argv])
 
 
 def test_convert_command_writes_caffe_files(mnet25_dir, tmp_path):
     import cv2
     cli, args = _convert_args(str(mnet25_dir), "--to", "caffe", "--out", str(tmp_path), "--size", "640x448",
                               "--upsample", "bilinear")
-    assert args.func is cli.run  # how bench.py dispatches
-    assert cli.run(args) == 0
+    assert args.func is cli.cmd_convert  # how bench.py dispatches
+    assert cli.cmd_convert(args) == 0
     prototxt, caffemodel = tmp_path / "mnet.25.prototxt", tmp_path / "mnet.25.caffemodel"
     net = read_prototxt(prototxt)
     assert net_input(net) == ("data", (1, 3, 448, 640))
@@ -403,7 +401,7 @@ def test_convert_command_writes_caffe_files(mnet25_dir, tmp_path):
 def test_convert_command_rejects_bad_size(mnet25_dir, tmp_path):
     cli, args = _convert_args(str(mnet25_dir), "--out", str(tmp_path), "--size", "640by448")
     with pytest.raises(BenchError, match="size '640by448'"):
-        cli.run(args)
+        cli.cmd_convert(args)
 
 
 def test_convert_to_caffe_function(mnet25, tmp_path):

@@ -21,14 +21,14 @@ def test_shipped_configs_validate(path: Path):
 
 def test_448_sweep_max_batch_rule():
     s = load_scenario(ROOT / "configs" / "448x448.yaml")
-    pairs = sorted({(r.batch, r.max_batch) for r in s.rows()})
+    pairs = sorted({(r.id.batch, r.id.max_batch) for r in s.rows()})
     assert pairs == [(1, 8), (2, 8), (4, 8), (8, 8), (16, 32), (32, 32)]
 
 
 def test_defaults():
     s = scenario_from_dict(dict(BASE))
     assert s.loops == 1000 and s.warmup == 50 and s.batches == (1,) and s.threshold == 0.8
-    assert s.rows()[0].max_batch == 1
+    assert s.rows()[0].id.max_batch == 1
 
 
 @pytest.mark.parametrize("change, field", [

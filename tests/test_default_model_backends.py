@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinabench.config import BackendSpec, InputSize, Row, Scenario
-from retinabench.harness.runner import interpreter_for, make_job, run_worker
+from retinabench.config import Row, Scenario
+from retinabench.harness.process import interpreter_for, run_worker
+from retinabench.harness.runner import make_job
 from retinabench.model.detections import Faces
+from retinabench.records import BackendSpec, InputSpec, RowId
 from retinabench.report.accuracy import compare_faces
+from retinabench.store import WorkDir
 
 F32_BACKENDS = ["onnxruntime", "mxnet", "caffe", "opencv-caffe", "torch", "openvino", "opencv-onnx"]
 
@@ -21,17 +24,17 @@ def default_model():
 
 def run_one(name, model, image, tmp_path, size=(1280, 896)):
     spec = BackendSpec(name, threads=2)
-    scenario = Scenario("t", str(model), (str(image),), InputSize("fit", *size), (spec,), loops=1, warmup=0)
+    size = InputSpec("fit", *size)
+    scenario = Scenario("t", str(model), (str(image),), size, (spec,), loops=1, warmup=0)
     try:
         python = interpreter_for(name)
     except Exception as e:  # the Caffe interpreter is made by setup.sh; say so rather than pass
         pytest.skip(f"{name}: {e}")
-    work = tmp_path / name
-    record = run_worker(make_job(scenario, Row(spec, 1, 1), model, [image]), work, python)
-    assert record["status"] == "passed", record.get("reason")
-    with np.load(work / "outputs.npz") as z:
-        outputs = {k: z[k] for k in z.files}
-    return Faces.from_json({"faces": record["faces"][0]}), outputs
+    work = WorkDir(tmp_path / name)
+    row = Row(RowId(name, input=size.label), spec)
+    record = run_worker(make_job(scenario, row, model, [image]), work, python)
+    assert record.status == "passed", record.reason
+    return Faces.from_json({"faces": record.faces[0]}), work.read_outputs()
 
 
 @pytest.fixture(scope="module")

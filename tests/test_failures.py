@@ -20,8 +20,10 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from retinabench.records import RowId
+from retinabench.store import RunStore
 
-ROWS = ["empty-default-b1-m1", "empty-default-b2-m2", "empty-default-b3-m3"]
+ROWS = [RowId("empty", input="320x224", batch=b, max_batch=b).key for b in (1, 2, 3)]
 
 
 # --- helpers: processes seen through /proc ---------------------------------------------------
@@ -233,7 +235,7 @@ def test_killed_worker_fails_its_row_and_the_others_complete(tmp_path):
     assert meta["status"] == "partial" and "SIGKILL" in meta["reason"]
     rows = {k: json.loads((run / "rows" / f"{k}.json").read_text()) for k in ROWS}
     assert rows[ROWS[0]]["status"] == "passed" and rows[ROWS[2]]["status"] == "passed"
-    assert rows[ROWS[1]]["status"] == "failed" and rows[ROWS[1]]["info"]["signal"] == "SIGKILL"
+    assert rows[ROWS[1]]["status"] == "failed" and rows[ROWS[1]]["result"]["signal"] == "SIGKILL"
     assert "worker killed by SIGKILL" in rows[ROWS[1]]["reason"]
 
 
@@ -246,9 +248,10 @@ def test_segfaulting_backend_fails_one_row_through_the_cli(tmp_path):
     (run,) = (tmp_path / "r").iterdir()
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "partial" and meta["missing"] == []
-    empty = json.loads((run / "rows" / "empty-default-b1-m1.json").read_text())
+    empty = json.loads((run / "rows" / f"{ROWS[0]}.json").read_text())
     assert empty["status"] == "failed" and "SIGSEGV" in empty["reason"]
-    assert json.loads((run / "rows" / "mxnet-default-b1-m1.json").read_text())["status"] == "passed"
+    mxnet = RowId("mxnet", input="320x224").key
+    assert json.loads((run / "rows" / f"{mxnet}.json").read_text())["status"] == "passed"
     assert "empty" in out.stdout and "failed" in out.stdout
 
 
@@ -258,7 +261,7 @@ def _row(tmp: Path, backend, batch: int = 1, size=(320, 224)):
                             "input": {"mode": "fit", "width": size[0], "height": size[1]},
                             "batches": [batch], "backends": [backend]})
     from retinabench.harness.runner import run_row
-    return run_row(s, s.rows()[0], SHARED_MODEL, [SHARED_IMAGE], tmp / "work")
+    return run_row(s, s.rows()[0], SHARED_MODEL, [SHARED_IMAGE], RunStore(tmp))
 
 
 @pytest.mark.parametrize("fault, expect", [
@@ -304,8 +307,7 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
 
 
 def _make_run_dirs(root: str, n: int) -> List[str]:
-    from retinabench.report.results import create_run_dir
-    return [str(create_run_dir(Path(root), "same")) for _ in range(n)]
+    return [str(RunStore.create(Path(root), "same").path) for _ in range(n)]
 
 
 def test_create_run_dir_is_unique_across_processes(tmp_path):
@@ -318,7 +320,7 @@ def test_create_run_dir_is_unique_across_processes(tmp_path):
 def test_a_damaged_row_file_is_an_error_not_a_guess(tmp_path):
     import numpy as np
     from retinabench.errors import BenchError
-    from retinabench.report.results import read_rows
+    read_rows = RunStore(tmp_path).read_rows
     rows = tmp_path / "rows"
     rows.mkdir()
     header = {"key": "k", "backend": "empty", "variant": "default", "input": "native", "batch": 1,
@@ -327,14 +329,14 @@ def test_a_damaged_row_file_is_an_error_not_a_guess(tmp_path):
     # an object array in the npz would need unpickling to read: refused
     np.savez(rows / "k.npz", samples=np.array([object()], dtype=object), warmup=np.zeros((0, 4)))
     with pytest.raises(BenchError, match="damaged row file"):
-        read_rows(tmp_path)
+        read_rows()
     (rows / "k.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(BenchError, match="damaged row file"):
-        read_rows(tmp_path)
+        read_rows()
     (rows / "k.npz").unlink()
     (rows / "k.json").write_text('{"key": "k"')
     with pytest.raises(BenchError, match="damaged row file"):
-        read_rows(tmp_path)
+        read_rows()
 
 
 # --- the conversion cache -------------------------------------------------------------------

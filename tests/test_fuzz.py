@@ -52,7 +52,7 @@ def check_config(data) -> None:
         assert "\n" not in str(e) and str(e)
         return
     # whatever validates can be run: rows exist, and the records written for it serialise
-    assert s.rows() and s.loops >= 1 and all(r.batch >= 1 for r in s.rows())
+    assert s.rows() and s.loops >= 1 and all(r.id.batch >= 1 for r in s.rows())
     yaml.safe_load(yaml.safe_dump(s.to_dict()))
     json.dumps(s.to_dict())
 

@@ -1,7 +1,6 @@
 """A GPU scenario on a machine without a GPU: each GPU row says why it cannot run, the CPU rows run."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from retinabench.store import RunStore
 
 CONFIG = ROOT / "configs" / "gpu-320x416.yaml"
 
@@ -20,20 +20,20 @@ def test_gpu_config_without_a_gpu(tmp_path, mnet25_dir, t1_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     (run,) = tmp_path.iterdir()
-    rows = [json.loads(p.read_text()) for p in sorted((run / "rows").glob("*.json"))]
+    rows = RunStore(run).read_rows().values()
     by_device = {}
     for r in rows:
-        by_device.setdefault(r["backend"] if r["backend"] != "onnxruntime" else "cpu", []).append(r)
-    assert {r["status"] for r in by_device["cpu"]} == {"passed"}
-    assert all(r["info"]["settings"]["device"] == "cpu" for r in by_device["cpu"])
+        by_device.setdefault(r.id.backend if r.id.backend != "onnxruntime" else "cpu", []).append(r)
+    assert {r.status for r in by_device["cpu"]} == {"passed"}
+    assert all(r.id.device == "cpu" and r.result.settings.device == "cpu" for r in by_device["cpu"])
     torch_rows = by_device["torch"]
-    assert len(torch_rows) == 7
+    assert len(torch_rows) == 7 and all(r.id.device == "cuda" for r in torch_rows)
     for r in torch_rows:  # one line each, naming the cause
-        assert r["status"] == "unavailable" and r["reason"].endswith("no CUDA device"), r
-        assert "\n" not in r["reason"]
+        assert r.status == "unavailable" and r.reason.endswith("no CUDA device"), r
+        assert "\n" not in r.reason
     for r in by_device["tensorrt"]:
-        assert r["status"] == "unavailable" and r["reason"].startswith("tensorrt is not installed"), r
+        assert r.status == "unavailable" and r.reason.startswith("tensorrt is not installed"), r
     for r in by_device["mxnet"]:
-        assert r["status"] == "unavailable" and ("no CUDA device" in r["reason"] or "mxnet" in r["reason"]), r
+        assert r.status == "unavailable" and ("no CUDA device" in r.reason or "mxnet" in r.reason), r
     for name in ("torch", "tensorrt", "mxnet"):
         assert name in out.stdout

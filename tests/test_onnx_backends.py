@@ -30,7 +30,7 @@ def _run(model, name: str, variant: str, blob: np.ndarray, threads=None):
     with create_backend(name, variant=variant, threads=threads) as be:
         be.load(model, blob.shape[0], blob.shape[2], blob.shape[3])
         out = be.infer(blob)
-        return out, list(be.output_names), be.settings()
+        return out, list(be.output_names), be.settings().to_json()
 
 
 @pytest.fixture(scope="module")

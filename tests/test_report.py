@@ -97,7 +97,7 @@ def test_report_prints_status_machine_and_fastest(run_a, loaded_a):
 
 
 def test_fastest_sentence_follows_the_data(loaded_a):
-    from retinabench.report.readme import fastest_sentences
+    from retinabench.report.speed import fastest_sentences
     summary = list(csv.DictReader((loaded_a.path / "summary.csv").open()))
     inf = sorted((float(s["median_ms"]), s["backend"]) for s in summary
                  if s["stage"] == "inference" and s["batch"] == "1" and s["status"] == "passed"
@@ -112,7 +112,7 @@ def test_fastest_sentence_follows_the_data(loaded_a):
 
 
 def test_accuracy_section_and_bilinear_cost(loaded_a):
-    from retinabench.report.readme import accuracy_section
+    from retinabench.report.accuracy_section import accuracy_section
     text = accuracy_section(loaded_a)
     faces = {(a["backend"], a["batch"]): a for a in csv.DictReader((loaded_a.path / "accuracy_faces.csv").open())}
     bil = faces[("opencv-caffe", "1")]
@@ -204,7 +204,8 @@ def test_compare_a_run_with_itself_is_the_same(loaded_a):
 
 def test_bootstrap_sees_a_real_slowdown(loaded_a):
     from retinabench.report.compare import bootstrap_ratio_ci, verdict
-    a = loaded_a.rows["onnxruntime-default-b1-m2"].samples_ns[:, 3] / 1e6
+    from retinabench.records import RowId
+    a = loaded_a.rows[RowId("onnxruntime", input="448x448", batch=1, max_batch=2)].samples_ns[:, 3] / 1e6
     lo, hi = bootstrap_ratio_ci(a, a * 1.5)
     assert lo <= 1.5 <= hi and lo > 1.0
     assert verdict(1.5, lo, hi) == "slower"

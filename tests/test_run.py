@@ -13,7 +13,17 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from retinabench.report.results import read_rows
+from retinabench.records import RowId
+from retinabench.store import RunStore
+
+
+def read_rows(run):
+    """The run's rows by key."""
+    return {r.key: r for r in RunStore(run).read_rows().values()}
+
+
+def key(backend: str, batch: int = 1, input: str = "640x448", **kw) -> str:
+    return RowId(backend, input=input, batch=batch, max_batch=batch, **kw).key
 
 REQUIRED = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
             "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms"]
@@ -62,7 +72,7 @@ def test_summary_csv_columns_and_rows(run_dir):
 
 def test_samples_are_kept_and_stages_add_up(run_dir):
     rows = read_rows(run_dir)
-    r = rows["mxnet-default-b2-m2"]
+    r = rows[key("mxnet", 2)]
     assert r.samples_ns.shape == (7, 4) and r.warmup_ns.shape == (2, 4)
     np.testing.assert_array_equal(r.samples_ns[:, :3].sum(axis=1), r.samples_ns[:, 3])
     with gzip.open(run_dir / "samples.csv.gz", "rt") as f:
@@ -72,17 +82,16 @@ def test_samples_are_kept_and_stages_add_up(run_dir):
 
 def test_detections_and_accuracy(run_dir):
     det = json.loads((run_dir / "detections.json").read_text())
-    (faces,) = det["mxnet-default-b1-m1"]["faces_per_image"]
+    (faces,) = det[key("mxnet")]["faces_per_image"]
     assert len(faces) == 6  # t1.jpg at 640x448 still shows its six faces
-    assert [len(f) for f in det["mxnet-default-b2-m2"]["faces_per_image"]] == [6, 6]
+    assert [len(f) for f in det[key("mxnet", 2)]["faces_per_image"]] == [6, 6]
     acc = list(csv.DictReader((run_dir / "accuracy_faces.csv").open()))
     b2 = [a for a in acc if a["backend"] == "mxnet" and a["batch"] == "2"][0]
     assert b2["matched"] == "6" and b2["missed"] == "0" and b2["extra"] == "0"
 
 
 def test_runs_never_share_a_folder(tmp_path):
-    from retinabench.report.results import create_run_dir
-    dirs = {create_run_dir(tmp_path, "same") for _ in range(5)}
+    dirs = {RunStore.create(tmp_path, "same").path for _ in range(5)}
     assert len(dirs) == 5
 
 
@@ -98,9 +107,9 @@ def test_missing_caffe_interpreter_is_one_unavailable_row(tmp_path, mnet25_dir, 
     assert out.returncode == 0, out.stderr  # unavailable is not a failure: the run is complete
     (run,) = (tmp_path / "r").iterdir()
     rows = read_rows(run)
-    caffe = rows["caffe-default-b1-m1"]
+    caffe = rows[key("caffe", input="320x224")]
     assert caffe.status == "unavailable" and "no-such-python" in caffe.reason and "setup_caffe.sh" in caffe.reason
-    assert rows["mxnet-default-b1-m1"].status == "passed"
+    assert rows[key("mxnet", input="320x224")].status == "passed"
 
 
 def test_row_timeout_stops_a_worker_and_the_run_goes_on(tmp_path, mnet25_dir, t1_path):
@@ -114,5 +123,5 @@ def test_row_timeout_stops_a_worker_and_the_run_goes_on(tmp_path, mnet25_dir, t1
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stderr  # partial: a row failed
     (run,) = (tmp_path / "r").iterdir()
-    row = read_rows(run)["mxnet-default-b1-m1"]
+    row = read_rows(run)[key("mxnet")]
     assert row.status == "failed" and "row_timeout_s=5" in row.reason

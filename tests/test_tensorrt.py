@@ -47,7 +47,7 @@ def _run(mnet25, variant, reference, images=None, tmp_cache=None):
         post = be.device_postprocess(FAMILY, be.output_names, 0.8) or FAMILY.make_decoder(be.output_names, 0.8)
         blob, metas = pre(images) if pre else (b, reference["metas"])
         outs = be.infer(blob)
-        return be.host_outputs(outs), post(outs, metas)[0], be.settings()
+        return be.host_outputs(outs), post(outs, metas)[0], be.settings().to_json()
 
 
 @needs_tensorrt

@@ -1,7 +1,7 @@
 """The GPU pipeline's arithmetic, run on CPU tensors: it must equal the numpy family stages.
 
-GPU preprocessing (backends/torch_pre.py) against the numpy Preprocessor; GPU decode + NMS
-(backends/torch_post.py) against the numpy insightface decoder on MXNet's outputs for t1.jpg; the
+GPU preprocessing (retinabench/model/device/preprocess.py) against the numpy Preprocessor; GPU decode + NMS
+(retinabench/model/device/insightface.py) against the numpy insightface decoder on MXNet's outputs for t1.jpg; the
 fixed-point NMS against greedy NMS on random overlapping boxes. On a GPU the same functions run
 inside CUDA graphs (the GPU runs compare them through the accuracy files).
 """
@@ -15,8 +15,8 @@ import torch
 
 from backends.base import create_backend
 from backends.torch_backend import VARIANTS
-from backends.torch_post import DevicePostprocessor, PostConfig, nms_fixed_point
-from backends.torch_pre import DevicePreprocessor
+from retinabench.model.device.insightface import DevicePostprocessor, PostConfig, nms_fixed_point
+from retinabench.model.device.preprocess import DevicePreprocessor
 from retinabench.errors import BackendUnavailable
 from retinabench.model.family import get_family
 from retinabench.model.nms import nms

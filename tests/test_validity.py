@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from retinabench.report.results import RowResult, summary_rows, validity_table, write_summary
+from retinabench.records import RowId, RowSettings, WorkerResult
+from retinabench.report.summary import summary_rows, validity_table, write_summary
+from retinabench.store import RowResult, RunStore
 from retinabench.report.stats import drift, drifting, host_below_gpu, stage_sum_error
 
 MS = 1_000_000  # ns
@@ -32,9 +34,9 @@ def samples(n: int = 200, pre: float = 1.0, inf: float = 10.0, post: float = 0.5
     return np.concatenate([st, st.sum(1, keepdims=True)], 1)
 
 
-def row(s: np.ndarray, **info) -> RowResult:
-    return RowResult("x-default-b1-m1", "x", "default", "640x448", 1, 1, "passed", info=info,
-                     samples_ns=s, warmup_ns=np.zeros((7, 4), np.int64))
+def row(s: np.ndarray, **metrics) -> RowResult:
+    result = WorkerResult("passed", settings=RowSettings(), metrics=metrics)
+    return RowResult(RowId("x", input="640x448"), result, samples_ns=s, warmup_ns=np.zeros((7, 4), np.int64))
 
 
 def flags(summary, stage: str) -> set:
@@ -105,10 +107,10 @@ def test_host_below_gpu_is_flagged():
     assert host_below_gpu(s[:, 1], [2.5] * 200)
     assert not host_below_gpu(s[:, 1], [1.8] * 200)
     assert not host_below_gpu(s[:, 1], [])
-    bad = summary_rows([row(s, extra={"gpu_time_ms": [2.5] * 200})])
+    bad = summary_rows([row(s, gpu_time_ms=[2.5] * 200)])
     assert "host<gpu" in flags(bad, "inference")
     assert [x for x in bad if x["stage"] == "inference"][0]["gpu_time_median_ms"] == 2.5
-    good = summary_rows([row(s, extra={"gpu_time_ms": list(np.full(200, 1.8))})])
+    good = summary_rows([row(s, gpu_time_ms=list(np.full(200, 1.8)))])
     assert "host<gpu" not in flags(good, "inference")
     assert "host<gpu" not in flags(summary_rows([row(s)]), "inference")  # CPU rows: no GPU time, no flag
 
@@ -118,7 +120,7 @@ def test_host_below_gpu_is_flagged():
 def test_validity_table_and_summary_files(tmp_path):
     s = samples(jitter=0.3)
     (tmp_path / "rows").mkdir()
-    write_summary(tmp_path, [row(s, extra={"gpu_time_ms": [50.0]})])
+    write_summary(RunStore(tmp_path), [row(s, gpu_time_ms=[50.0])])
     md = (tmp_path / "summary.md").read_text()
     assert "## Validity" in md and "noisy(" in md and "host<gpu(inference)" in md and "Flags:" in md
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -137,7 +139,7 @@ def test_a_real_run_reports_its_validity(tmp_path, mnet25_dir, t1_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "CV total" in out.stdout and "Flags:" in out.stdout  # the console shows the validity table
-    assert "[1/1] empty-default-b1-m1: passed, total median" in out.stderr  # and which row ran, how far
+    assert "[1/1] empty-default-cpu-320x224-b1-m1: passed, total median" in out.stderr  # and which row ran, how far
     (run,) = (tmp_path / "r").iterdir()
     meta = json.loads((run / "run.json").read_text())
     assert meta["warmup"] == 3 and meta["loops"] == 20 and meta["model_sha256"]

@@ -105,7 +105,7 @@ def main(argv: List[str]) -> int:
         post = be.device_postprocess(family, be.output_names, args.threshold) or \
             family.make_decoder(be.output_names, args.threshold)
         r = measure(pre, be.infer, post, images, args.loops, args.warmup)
-        extra = be.extra_metrics()
+        extra = be.metrics()
         out.write(f"## host time per stage, median of {args.loops} loops (ms)\n")
         for i, stage in enumerate(STAGES):
             out.write(f"{stage:12s} {float(np.median(r.samples_ns[:, i])) / 1e6:8.3f}\n")

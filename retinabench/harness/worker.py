@@ -3,11 +3,13 @@
 Frameworks never share a process (MXNet, Caffe, TensorRT bring their own CUDA, protobuf and
 threads), a crash ends one row rather than the run, and a backend can live in another interpreter
 (real pycaffe needs Python <= 3.9). The worker does its own timing, so no inter-process cost
-enters a measurement. It writes result.json (+ samples.npz, outputs.npz) into the job's folder,
-atomically, and prints progress lines `P <done> <total>` on stdout.
+enters a measurement. It reads its `Job` and writes its `WorkerResult` (retinabench.records), its
+samples and its outputs into its scratch folder (retinabench.store.WorkDir), atomically, and prints
+progress lines (retinabench.records.progress_line) on stdout.
 
-Exit codes: 0 passed, 3 unavailable (runtime or device missing), 4 failed with a known reason.
-Anything else (a signal, an uncaught error) is a crash, reported by the parent with its stderr.
+Exit codes (retinabench.records.ExitCode): OK, UNAVAILABLE (runtime or device missing), FAILED (a
+known reason). Anything else (a signal, an uncaught error) is a crash, reported by the parent with
+its stderr.
 
 Stopping is the parent's job: the worker ignores SIGINT (the parent catches Ctrl-C and stops the
 worker's process group with SIGTERM), and it dies with the parent (PR_SET_PDEATHSIG) if the parent
@@ -15,32 +17,19 @@ is killed without a chance to stop it, so no worker outlives its run.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
-EXIT_PASSED, EXIT_UNAVAILABLE, EXIT_FAILED = 0, 3, 4
-
-
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+from retinabench.records import ExitCode, Job, WorkerResult, progress_line
+from retinabench.store import WorkDir
 
 
-def _write_npz(path: Path, **arrays: Any) -> None:
-    import numpy as np
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _load_images(paths: List[str]):
+def _load_images(paths: List[str]) -> List[Any]:
     import cv2
     from retinabench.errors import BenchError
     images = []
@@ -52,7 +41,12 @@ def _load_images(paths: List[str]):
     return images
 
 
-def run_job(job: Dict[str, Any], out: Path) -> int:
+def _progress(done: int, total: int) -> None:
+    sys.stdout.write(progress_line(done, total))
+    sys.stdout.flush()
+
+
+def run_job(job: Job, work: WorkDir) -> WorkerResult:
     from backends.base import backend_class
     from retinabench.errors import BackendUnavailable
     from retinabench.harness.loop import measure
@@ -60,60 +54,46 @@ def run_job(job: Dict[str, Any], out: Path) -> int:
     from retinabench.model.preprocess import Preprocessor
     from retinabench.model.source import open_model
 
-    spec = job["backend"]
-    cls = backend_class(spec["name"])
+    spec = job.backend
+    cls = backend_class(spec.name)
     ok, reason = cls.available()
     if not ok:
         raise BackendUnavailable(reason)
-    model = open_model(Path(job["model"]), job.get("family"))
+    model = open_model(Path(job.model), job.family)
     family = get_family(model.family)
-    images = _load_images(job["images"])
-    batch = int(job["batch"])
+    images = _load_images(list(job.images))
+    batch = job.row.batch
     batch_images = [images[i % len(images)] for i in range(batch)]
-    inp = job["input"]
-    size = (inp["width"], inp["height"]) if inp["mode"] == "fit" else None
-    pre = Preprocessor(family.normalization, inp["mode"], size)
+    pre = Preprocessor(family.normalization, job.input.mode, job.input.size)
     n, c, h, w = pre.blob_shape(batch_images)
 
-    backend = cls(variant=spec.get("variant", "default"), threads=spec.get("threads"),
-                  device=spec.get("device", "cpu"),
-                  # the engine's max batch: TensorRT builds its optimisation profile up to it
-                  options={**(spec.get("options") or {}), "max_batch": int(job.get("max_batch", batch))})
+    backend = cls(variant=spec.variant, threads=spec.threads, device=spec.device, options=spec.options,
+                  max_batch=job.row.max_batch)
     t_load = time.perf_counter()
     with backend:
         backend.load(model, batch, h, w)
         load_s = time.perf_counter() - t_load
-        threshold = float(job["threshold"])
-        pre = backend.device_preprocess(family, inp["mode"], size) or pre
-        decode = (backend.device_postprocess(family, backend.output_names, threshold)
-                  or family.make_decoder(backend.output_names, threshold))
-
-        def progress(done: int, total: int) -> None:
-            sys.stdout.write(f"P {done} {total}\n")
-            sys.stdout.flush()
-
+        pre = backend.device_preprocess(family, job.input.mode, job.input.size) or pre
+        decode = (backend.device_postprocess(family, backend.output_names, job.threshold)
+                  or family.make_decoder(backend.output_names, job.threshold))
         monitor = None
-        if str(backend.device).startswith("cuda") and job.get("gpu_monitor", True):
+        if backend.device.startswith("cuda") and job.gpu_monitor:
             from retinabench.harness.gpu_monitor import GpuMonitor
-            monitor = GpuMonitor(int(str(backend.device).split(":")[1]) if ":" in str(backend.device) else 0)
-        result = measure(pre, backend.infer, decode, batch_images, int(job["loops"]), int(job["warmup"]),
-                         progress, on_measure_start=monitor.start if monitor else None)
+            from retinabench.records import device_index
+            monitor = GpuMonitor(device_index(backend.device))
+        result = measure(pre, backend.infer, decode, batch_images, job.loops, job.warmup, _progress,
+                         on_measure_start=monitor.start if monitor else None)
         gpu_samples = monitor.stop() if monitor else []
-        extra = backend.extra_metrics()
-        record = {
-            "status": "passed", "reason": "", "load_s": load_s,
-            "versions": backend.versions(), "settings": backend.settings(),
-            "output_names": list(backend.output_names), "model": model.describe(),
-            "blob_shape": [n, c, h, w], "faces": [f.to_json()["faces"] for f in result.faces],
-            "gpu_samples": gpu_samples, "gpu_monitor_error": monitor.error if monitor else "",
-            "extra": extra,
-        }
-        if job.get("save_outputs", True):
+        record = WorkerResult(
+            "passed", load_s=load_s, versions=backend.versions(), settings=backend.settings(),
+            output_names=list(backend.output_names), model=model.describe(), blob_shape=[n, c, h, w],
+            faces=[f.to_json()["faces"] for f in result.faces], gpu_samples=gpu_samples,
+            gpu_monitor_error=monitor.error if monitor else "", metrics=backend.metrics())
+        if job.save_outputs:
             host = backend.host_outputs(result.outputs)
-            _write_npz(out / "outputs.npz", **{k: v[:1] for k, v in host.items()})
-    _write_npz(out / "samples.npz", samples=result.samples_ns, warmup=result.warmup_ns)
-    _write_json(out / "result.json", record)
-    return EXIT_PASSED
+            work.write_outputs({k: v[:1] for k, v in host.items()})
+    work.write_samples(samples=result.samples_ns, warmup=result.warmup_ns)
+    return record
 
 
 def _die_with_parent(parent_pid: Optional[int]) -> None:
@@ -126,40 +106,39 @@ def _die_with_parent(parent_pid: Optional[int]) -> None:
     except (OSError, AttributeError):
         return
     if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(EXIT_FAILED)
+        os._exit(ExitCode.FAILED)
 
 
-def setup_process(job: Dict[str, Any]) -> None:
+def setup_process(job: Job) -> None:
     """Signals, parent watch, memory limit and environment, all before any runtime is imported."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(job.get("parent_pid"))
-    limit = job.get("memory_limit_bytes")
-    if limit:  # RETINABENCH_WORKER_MEMORY_LIMIT: address space, so an allocation fails cleanly
+    _die_with_parent(job.parent_pid)
+    if job.memory_limit_bytes:  # RETINABENCH_WORKER_MEMORY_LIMIT: address space, so an allocation fails cleanly
         import resource
-        resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
-    for k, v in (job["backend"].get("env") or {}).items():  # validated against config.WORKER_ENV
+        limit = int(job.memory_limit_bytes)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    for k, v in job.backend.env.items():  # validated against config.WORKER_ENV
         os.environ[k] = str(v)
-    threads = job["backend"].get("threads")
-    if threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if job.backend.threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
+        os.environ["OMP_NUM_THREADS"] = str(job.backend.threads)
 
 
 def main(argv: List[str]) -> int:
-    job_path = Path(argv[0])
-    job = json.loads(job_path.read_text())
-    out = job_path.parent
+    work = WorkDir(Path(argv[0]).parent)
+    job = work.read_job()
     setup_process(job)
     try:
-        return run_job(job, out)
+        work.write_result(run_job(job, work))
+        return ExitCode.OK
     except Exception as e:  # every failure becomes a row with a status and a reason
         from retinabench.errors import BackendUnavailable, BenchError
         if isinstance(e, BackendUnavailable):
-            status, code = "unavailable", EXIT_UNAVAILABLE
+            status, code = "unavailable", ExitCode.UNAVAILABLE
         else:
-            status, code = "failed", EXIT_FAILED
+            status, code = "failed", ExitCode.FAILED
         if not isinstance(e, BenchError):
             traceback.print_exc(file=sys.stderr)
-        _write_json(out / "result.json", {"status": status, "reason": _reason(e) or status})
+        work.write_result(WorkerResult.failure(status, _reason(e)))
         return code
 
 
@@ -175,4 +154,4 @@ def _reason(e: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(int(main(sys.argv[1:])))

@@ -5,7 +5,7 @@ A family is shared by every backend, so a table compares runtimes, not re-implem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,12 +23,22 @@ class Family:
     make_decoder: Callable[[Sequence[str], float], Decoder]
     # Input sizes the network accepts in 'native' mode must be multiples of this (1: any size).
     size_multiple: int = 1
+    # Decode + NMS on the device (retinabench.model.device), for variants that run their stages on a
+    # GPU: (output_names, threshold, candidates=, max_faces=, nms_iterations=, compile_stage=) -> decoder.
+    # None: this family has no device decoder, and such variants are unavailable for it.
+    make_device_decoder: Optional[Callable[..., Any]] = None
+
+
+def _insightface_device_decoder(*args: Any, **kwargs: Any) -> Any:
+    from retinabench.model.device.insightface import make_device_decoder  # imports torch when called
+    return make_device_decoder(*args, **kwargs)
 
 
 def _insightface() -> Family:
     from retinabench.model import insightface
     return Family("insightface", insightface.NORMALIZATION,
-                  lambda names, thr: insightface.InsightFaceDecoder(names, thr))
+                  lambda names, thr: insightface.InsightFaceDecoder(names, thr),
+                  make_device_decoder=_insightface_device_decoder)
 
 
 def _biubug6() -> Family:

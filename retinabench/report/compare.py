@@ -14,22 +14,21 @@ from tabulate import tabulate
 
 from retinabench.harness.env import machine_label
 from retinabench.harness.loop import STAGES
-from retinabench.report.readme import RunData, ms
+from retinabench.records import RowId
+from retinabench.report.format import ms
+from retinabench.report.run_data import RunData
 
 RESAMPLES = 2000
 SEED = 20240607          # fixed: the same two runs always give the same interval
 MIN_CHANGE = 0.02        # below this a change is "same" even when the interval excludes 1.0
 _CHUNK = 250             # resamples per chunk, bounding memory for long runs
 
-MatchKey = Tuple[str, str, str, int, str]   # backend, variant, input, batch, stage
+MatchKey = Tuple[RowId, str]   # row, stage
 
 
 @dataclass(frozen=True)
 class StageComparison:
-    backend: str
-    variant: str
-    input: str
-    batch: int
+    row: RowId
     stage: str
     a_median_ms: float
     b_median_ms: float
@@ -79,17 +78,18 @@ def verdict(ratio: float, lo: float, hi: float, min_change: float = MIN_CHANGE) 
 
 
 def _row_name(k: MatchKey) -> str:
-    return f"{k[0]}/{k[1]} {k[2]} b{k[3]}"
+    r = k[0]
+    return f"{r.backend}/{r.variant} {r.input} b{r.batch}" + (f" on {r.device}" if r.device != "cpu" else "")
 
 
 def _stage_samples(run: RunData) -> Dict[MatchKey, np.ndarray]:
     """MatchKey -> that stage's samples in ms, for every passed row with samples."""
     out: Dict[MatchKey, np.ndarray] = {}
     for r in run.ordered_rows():
-        if r.status != "passed" or r.samples_ns is None or not len(r.samples_ns):
+        if not r.passed:
             continue
         for i, stage in enumerate(STAGES):
-            out[(r.backend, r.variant, r.input, r.batch, stage)] = r.samples_ns[:, i] / 1e6
+            out[(r.id, stage)] = r.samples_ns[:, i] / 1e6
     return out
 
 
@@ -103,9 +103,7 @@ def compare_runs(a: RunData, b: RunData, resamples: int = RESAMPLES, seed: int =
         med_a, med_b = float(np.median(xa)), float(np.median(xb))
         ratio = med_b / med_a if med_a > 0 else float("inf")
         lo, hi = bootstrap_ratio_ci(xa, xb, resamples, seed)
-        backend, variant, inp, batch, stage = key
-        rows.append(StageComparison(backend, variant, inp, batch, stage, med_a, med_b, ratio, lo, hi,
-                                    verdict(ratio, lo, hi)))
+        rows.append(StageComparison(key[0], key[1], med_a, med_b, ratio, lo, hi, verdict(ratio, lo, hi)))
     only_a = sorted({_row_name(k) for k in sa if k not in sb})
     only_b = sorted({_row_name(k) for k in sb if k not in sa})
     return RunComparison(a, b, rows, only_a, only_b)
@@ -122,11 +120,11 @@ def comparison_text(c: RunComparison, fmt: str = "simple") -> str:
     if c.a.env and c.b.env and machine_label(c.a.env) != machine_label(c.b.env):
         lines.append("warning: the runs were measured on different machines")
     if not c.rows:
-        lines.append("no matching rows (backend, variant, input, batch) with samples in both runs")
+        lines.append("no matching rows (backend, variant, device, input, batch, max batch) with samples in both runs")
     else:
-        table = [[r.backend, r.variant, r.input, r.batch, r.stage, ms(r.a_median_ms), ms(r.b_median_ms),
-                  f"{r.ratio:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", r.verdict] for r in c.rows]
-        lines += ["", tabulate(table, headers=["backend", "variant", "input", "batch", "stage", "A median ms",
+        table = [[r.row.backend, r.row.variant, r.row.device, r.row.input, r.row.batch, r.stage, ms(r.a_median_ms),
+                  ms(r.b_median_ms), f"{r.ratio:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", r.verdict] for r in c.rows]
+        lines += ["", tabulate(table, headers=["backend", "variant", "device", "input", "batch", "stage", "A median ms",
                                                "B median ms", "B/A", "95% CI", "B is"],
                                tablefmt=fmt, disable_numparse=True), "",
                   f"B/A: ratio of medians; CI: bootstrap percentile interval ({RESAMPLES} resamples of each run's "

@@ -7,6 +7,7 @@ links never depend on files that happen to exist.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -15,8 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from retinabench.harness.loop import STAGES
-from retinabench.report.readme import RunData, row_label
+from retinabench.report.format import row_label
+from retinabench.report.run_data import RunData
 from retinabench.report.tables import pivot
+from retinabench.store import atomic_write
 
 STAGE_COLOURS = {"preprocess": "#4c72b0", "inference": "#dd8452", "postprocess": "#55a868"}
 # PNG metadata without the matplotlib version: the same data gives the same file across upgrades.
@@ -99,8 +102,8 @@ def batch_scaling(run: RunData) -> Figure:
 
 
 def _gpu_samples(run: RunData, r: Dict) -> List[float]:
-    row = run.find_row(r["backend"], r["variant"], r["input"], r["batch"])
-    return [float(s["gpu_util_pct"]) for s in ((row.info.get("gpu_samples") or []) if row else [])]
+    row = run.row(r["row"])
+    return [float(s["gpu_util_pct"]) for s in (row.result.gpu_samples if row else [])]
 
 
 def gpu_utilisation(run: RunData) -> Figure:
@@ -133,11 +136,11 @@ def latency_distribution(run: RunData) -> Figure:
     """Box plot of every measured loop's total time per row, p99 marked."""
     rows, data = [], []
     for r in run.ordered_rows():
-        if r.status == "passed" and r.samples_ns is not None and len(r.samples_ns):
+        if r.passed:
             rows.append(r)
             data.append(r.samples_ns[:, STAGES.index("total")] / 1e6)
     multi = len(run.batches()) > 1
-    labels = [row_label(r.backend, r.variant, r.batch if multi else None) for r in rows]
+    labels = [r.id.label(batch=multi) for r in rows]
     fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.8), layout="constrained")
     ax = fig.add_subplot()
     pos = np.arange(1, len(rows) + 1)
@@ -174,10 +177,10 @@ def planned_plots(run: RunData) -> List[PlotSpec]:
     if len(run.batches()) > 1:
         specs.append(PlotSpec("batch", "batch.png", f"Latency and throughput against batch size, {run.scenario}",
                               batch_scaling))
-        if any(r.info.get("gpu_samples") for r in passed):
+        if any(r.result.gpu_samples for r in passed):
             specs.append(PlotSpec("gpu", "gpu_util.png", f"GPU utilisation against batch size, {run.scenario}",
                                   gpu_utilisation))
-    if any(r.samples_ns is not None and len(r.samples_ns) for r in passed):
+    if any(r.passed for r in passed):
         specs.append(PlotSpec("latency", "latency.png", f"Latency distribution, {run.scenario}", latency_distribution))
     return specs
 
@@ -188,10 +191,9 @@ def write_plots(run: RunData, out_dir: Optional[Path] = None) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for spec in planned_plots(run):
-        fig = spec.make(run)
+        buf = io.BytesIO()
+        spec.make(run).savefig(buf, format="png", dpi=100, metadata=_PNG_METADATA)
         path = out_dir / spec.file
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100, metadata=_PNG_METADATA)
-        tmp.replace(path)
+        atomic_write(path, buf.getvalue())
         paths.append(path)
     return paths

@@ -100,7 +100,7 @@ class DevicePreprocessor:
         self.compile_s: List[float] = []
         self.timer = None
         if self.cuda:
-            from backends.torch_cuda import GpuTimer
+            from retinabench.model.device.cuda import GpuTimer
             self.timer = GpuTimer()
             self._pool = ThreadPoolExecutor(max_workers=min(_COPY_THREADS, os.cpu_count() or 1),
                                             thread_name_prefix="pinned-copy")
@@ -140,7 +140,7 @@ class DevicePreprocessor:
             r.upload = torch.zeros((r.count, *r.shape), dtype=torch.uint8, device=self.target.device)
         fns = [self._bound(r) for r in runs]
         if self.compile_stage:
-            from backends.torch_cuda import compiled
+            from retinabench.model.device.cuda import compiled
             for i, r in enumerate(runs):
                 fns[i], secs = compiled(fns[i], r.upload)
                 plan.compile_s += secs
@@ -149,7 +149,7 @@ class DevicePreprocessor:
             for f, r in zip(fns, runs):
                 self.target[r.first:r.first + r.count].copy_(f(r.upload))
 
-        from backends.torch_cuda import capture
+        from retinabench.model.device.cuda import capture
         plan.graph, _ = capture(step)
         self.compile_s.append(plan.compile_s)
         return plan

@@ -1,10 +1,11 @@
-"""`bench.py report RESULTS_DIR [--readme README.md]` and `bench.py compare RUN_A RUN_B`."""
+"""`bench.py report RESULTS_DIR [--readme README.md]`: a run's tables and plots, README sections rewritten."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-EXIT_OK = 0
+from retinabench.cli.registry import subcommand
+from retinabench.records import ExitCode
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -25,29 +26,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"{args.readme}: markers found: {', '.join(up.found)}; "
               f"rewritten: {', '.join(up.changed) or 'none (already up to date)'}"
               + (f"; not found (left alone): {', '.join(up.missing)}" if up.missing else ""))
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from retinabench.report.compare import compare_runs, comparison_text, summarise_verdicts
-    from retinabench.report.readme import load_run
-
-    a, b = load_run(Path(args.run_a)), load_run(Path(args.run_b))
-    c = compare_runs(a, b)
-    print(comparison_text(c))
-    if c.rows:
-        print(summarise_verdicts(c))
-    return EXIT_OK
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+@subcommand("report")
+def register(sub: "argparse._SubParsersAction") -> None:
     rep = sub.add_parser("report", help="print a run's report tables; write its plots; rewrite README sections")
     rep.add_argument("results_dir", help="a run folder, e.g. results/20261127-051330-1280x896")
     rep.add_argument("--readme", help="rewrite this README's sections between retinabench markers")
     rep.add_argument("--no-plots", action="store_true", help="do not write RESULTS_DIR/plots/*.png")
     rep.set_defaults(func=cmd_report)
-
-    cmp = sub.add_parser("compare", help="ratio of medians B/A per matching row and stage, with bootstrap 95%% CI")
-    cmp.add_argument("run_a", help="baseline run folder")
-    cmp.add_argument("run_b", help="run folder compared against the baseline")
-    cmp.set_defaults(func=cmd_compare)

@@ -6,25 +6,18 @@ MXNet2Caffe step. The prototxt's input shape is a default: Caffe runtimes can re
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-from typing import Tuple
 
+from retinabench.cli.registry import subcommand
 from retinabench.errors import BenchError
+from retinabench.records import ExitCode
 
 TARGETS = ("caffe",)
 DEFAULT_SIZE = "1280x896"
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    """'1280x896' -> (1280, 896): width x height, as configs write it."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-        raise BenchError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. {DEFAULT_SIZE}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
+@subcommand("convert")
+def register(subparsers: "argparse._SubParsersAction") -> None:
     from retinabench.graph.caffe_export import UPSAMPLE_POLICIES
     p = subparsers.add_parser("convert", help="convert a model to another format (Caffe prototxt + caffemodel)",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)
@@ -37,20 +30,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="nearest UpSampling as Deconvolution: 'exact' (kernel 2, all ones; identical) or "
                         "'bilinear' (kernel 4, pad 1; the original project's, changes outputs)")
     p.add_argument("--family", default=None, help="model family, if not the format's default")
-    p.set_defaults(func=run)
-    return p
+    p.set_defaults(func=cmd_convert)
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_convert(args: argparse.Namespace) -> int:
+    from retinabench.config import parse_size
     from retinabench.graph.caffe_export import convert_to_caffe
     from retinabench.model.source import open_model
 
     if args.to not in TARGETS:
         raise BenchError(f"--to {args.to!r}: expected one of {', '.join(TARGETS)}")
-    width, height = parse_size(args.size)
+    width, height = parse_size(args.size, "--size")
     if args.batch < 1:
         raise BenchError(f"--batch {args.batch}: expected a positive batch size")
     model = open_model(Path(args.model), args.family)
     prototxt, caffemodel = convert_to_caffe(model, Path(args.out), (args.batch, 3, height, width), args.upsample)
     print(f"wrote {prototxt} and {caffemodel} (input {args.batch}x3x{height}x{width}, upsample {args.upsample})")
-    return 0
+    return ExitCode.OK

@@ -1,5 +1,8 @@
 """Decode + NMS on the device for the insightface family, with only the kept faces copied back.
 
+The family names this decoder (retinabench.model.family.Family.make_device_decoder); the backends
+that run device stages reach it through retinabench.model.device.pipeline.DeviceStages.
+
 The numpy decoder (retinabench.model.insightface) filters by score, decodes the survivors and runs
 greedy NMS; its shapes depend on the data. A CUDA graph needs fixed shapes, so here:
 
@@ -21,7 +24,7 @@ decoder on MXNet's outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -165,7 +168,7 @@ class DevicePostprocessor:
         self._built = True
         if not self._cuda:
             return
-        from backends.torch_cuda import GpuTimer, capture, compiled
+        from retinabench.model.device.cuda import GpuTimer, capture, compiled
 
         self.timer = GpuTimer()
         self._bounds_host = torch.zeros((b, 2), dtype=torch.float32, pin_memory=True)
@@ -242,13 +245,10 @@ class DevicePostprocessor:
         return faces
 
 
-def make_postprocessor(family: Any, output_names: Sequence[str], threshold: float,
-                       options: Dict[str, Any], compile_stage: bool) -> Callable[..., List[Faces]]:
-    from retinabench.errors import BackendUnavailable
-
-    if family.name != "insightface":
-        raise BackendUnavailable(f"GPU decode + NMS is written for the insightface family, not {family.name!r}")
-    cfg = PostConfig(float(threshold), candidates=int(options.get("candidates", 256)),
-                     max_faces=int(options.get("max_faces", 64)),
-                     nms_iterations=int(options.get("nms_iterations", 8)))
+def make_device_decoder(output_names: Sequence[str], threshold: float, candidates: int = 256,
+                        max_faces: int = 64, nms_iterations: int = 8,
+                        compile_stage: bool = False) -> DevicePostprocessor:
+    """The insightface family's device decoder (retinabench.model.family names it)."""
+    cfg = PostConfig(float(threshold), candidates=int(candidates), max_faces=int(max_faces),
+                     nms_iterations=int(nms_iterations))
     return DevicePostprocessor(output_names, cfg, compile_stage)

@@ -1,0 +1,289 @@
+"""The records that cross the worker boundary, with JSON codecs: standard library only.
+
+Both interpreters import this module: the main one (Python 3.11) and the Caffe worker's (Python 3.9,
+real pycaffe has no newer wheels), so it uses nothing but the standard library and 3.9 syntax.
+After Polygraphy's `IterationResult`/`RunResults` and torch.utils.benchmark's `TaskSpec`:
+
+- `RowId`: the identity of one measured row. Frozen, ordered, hashable; its `key` is path-safe and
+  includes every field, so two rows that differ in anything (device included) never share a key.
+- `BackendSpec`, `InputSpec`: what a scenario says about a row's runtime and input.
+- `Job`: what the parent sends a worker; `WorkerResult`: what the worker returns;
+  `RowSettings`: what a timing depends on besides versions (declared fields only are read by reports).
+- `ExitCode`: one set of exit codes for the CLI and the worker, no value meaning two things.
+- The progress line a worker prints: `P <done> <total>`.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple
+
+STATUSES = ("passed", "failed", "unavailable")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of `bench.py` and of a worker process: each value means one thing in both."""
+
+    OK = 0              # CLI: every row passed or was unavailable; worker: the row passed
+    CRASH = 1           # an uncaught Python error (the interpreter's own code)
+    USER_ERROR = 2      # CLI: a bad config, model, image or argument (one line on stderr)
+    PARTIAL = 3         # CLI: some row failed, the others completed
+    FAILED = 4          # worker: the row failed for a known reason (result.json says why)
+    UNAVAILABLE = 5     # worker: the runtime or device is missing here (result.json says why)
+    INTERRUPTED = 130   # CLI: SIGINT or SIGTERM; the finished rows are kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Row identity
+# ---------------------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+]*(?:-[A-Za-z0-9.+]+)*$")
+_DEVICE = re.compile(r"^(cpu|cuda)(?::(\d{1,4}))?$")
+
+
+def check_device(device: str) -> str:
+    """'cpu', 'cuda' or 'cuda:N'; anything else is a ValueError naming it."""
+    m = _DEVICE.match(str(device))
+    if not m or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    return str(device)
+
+
+def device_index(device: str) -> int:
+    """The ordinal of a CUDA device string ('cuda' is 0)."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
+@dataclass(frozen=True, order=True)
+class RowId:
+    """One measured row: a backend's variant on a device, at one input size, batch and engine max batch.
+
+    `key` joins every field with '-' ('torch-pipe-cuda0-448x448-b32-m32'): backend and variant names
+    may hold '-' themselves, so a scenario also refuses two rows whose keys collide (config.py).
+    """
+
+    backend: str
+    variant: str = "default"
+    device: str = "cpu"
+    input: str = "native"
+    batch: int = 1
+    max_batch: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("backend", "variant", "input"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise ValueError(f"row {name} {value!r}: expected letters, digits, '.', '+' and inner '-'")
+        check_device(self.device)
+        for name in ("batch", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"row {name} {value!r}: expected a positive integer")
+        if self.max_batch < self.batch:
+            raise ValueError(f"row max_batch {self.max_batch} is below its batch {self.batch}")
+
+    @property
+    def key(self) -> str:
+        """Path-safe and unique per identity: the name of the row's files in a run folder."""
+        device = self.device.replace(":", "")
+        return f"{self.backend}-{self.variant}-{device}-{self.input}-b{self.batch}-m{self.max_batch}"
+
+    @property
+    def name(self) -> str:
+        """'torch' or 'torch (pipe)': the backend and, when not the default, its variant."""
+        return self.backend if self.variant == "default" else f"{self.backend} ({self.variant})"
+
+    def label(self, batch: bool = False, device: bool = False) -> str:
+        """What a person reads: 'torch (pipe)', with ' b32' and ' on cuda' when asked for."""
+        text = self.name + (f" b{self.batch}" if batch else "")
+        return text + (f" on {self.device}" if device else "")
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "RowId":
+        return cls(str(data["backend"]), str(data.get("variant", "default")), str(data.get("device", "cpu")),
+                   str(data.get("input", "native")), int(data.get("batch", 1)), int(data.get("max_batch", 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a scenario says about a row
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    mode: str            # "native" or "fit"
+    width: int = 0       # 0 in native mode: the image's own size
+    height: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}" if self.mode == "fit" else "native"
+
+    @property
+    def size(self) -> Optional[Tuple[int, int]]:
+        """(width, height) in fit mode, None in native mode."""
+        return (self.width, self.height) if self.mode == "fit" else None
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "InputSpec":
+        return cls(str(data["mode"]), int(data.get("width", 0)), int(data.get("height", 0)))
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    variant: str = "default"
+    threads: Optional[int] = None
+    device: str = "cpu"
+    options: Dict[str, Any] = field(default_factory=dict)   # validated against the backend's Options
+    env: Dict[str, str] = field(default_factory=dict)       # worker environment (config.WORKER_ENV only)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "variant": self.variant, "threads": self.threads, "device": self.device,
+                "options": dict(self.options), "env": dict(self.env)}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "BackendSpec":
+        threads = data.get("threads")
+        return cls(str(data["name"]), str(data.get("variant", "default")), None if threads is None else int(threads),
+                   str(data.get("device", "cpu")), dict(data.get("options") or {}), dict(data.get("env") or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent -> worker
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to load and measure one row."""
+
+    row: RowId
+    backend: BackendSpec
+    model: str
+    images: Tuple[str, ...]
+    input: InputSpec
+    loops: int
+    warmup: int
+    threshold: float
+    family: Optional[str] = None
+    save_outputs: bool = True
+    gpu_monitor: bool = True
+    parent_pid: Optional[int] = None
+    memory_limit_bytes: Optional[int] = None
+    timeout_s: Optional[int] = None      # the parent enforces it; recorded for the reason it gives
+
+    def to_json(self) -> Dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(row=self.row.to_json(), backend=self.backend.to_json(), input=self.input.to_json(),
+                 images=list(self.images))
+        return d
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Job":
+        d = dict(data)
+        d.update(row=RowId.from_json(d["row"]), backend=BackendSpec.from_json(d["backend"]),
+                 input=InputSpec.from_json(d["input"]), images=tuple(d["images"]))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker -> parent
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RowSettings:
+    """What a timing depends on besides versions. Reports read the declared fields, never `extras`.
+
+    `device_stages`: preprocessing and decode + NMS ran on the device (the GPU pipelines), so the
+    row's inference stage ends with its outputs on the device and its stage times mean other work.
+    """
+
+    device: str = "cpu"
+    variant: str = "default"
+    precision: str = ""                 # f32 | f16 | bf16 | none; "" where the backend does not say
+    threads: Optional[int] = None       # intra-op threads the runtime used
+    device_stages: bool = False
+    upsample: str = ""                  # Caffe rows: exact | bilinear | as in model
+    extras: Dict[str, Any] = field(default_factory=dict)   # backend-specific, recorded, not interpreted
+
+    def to_json(self) -> Dict[str, Any]:
+        """Flat, as run folders have always stored settings: the declared fields, then the extras."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        return {**self.extras, **d}
+
+    @classmethod
+    def from_json(cls, data: Optional[Dict[str, Any]]) -> Optional["RowSettings"]:
+        if not data:
+            return None
+        declared = {f.name for f in fields(cls)} - {"extras"}
+        s = cls(extras={k: v for k, v in data.items() if k not in declared})
+        for k in declared & set(data):
+            setattr(s, k, data[k])
+        s.device_stages = bool(s.device_stages)
+        return s
+
+
+@dataclass
+class WorkerResult:
+    """What a worker returns in result.json (its samples and outputs are arrays beside it)."""
+
+    status: str
+    reason: str = ""
+    load_s: Optional[float] = None
+    versions: Dict[str, str] = field(default_factory=dict)
+    settings: Optional[RowSettings] = None
+    output_names: List[str] = field(default_factory=list)
+    model: Dict[str, str] = field(default_factory=dict)
+    blob_shape: List[int] = field(default_factory=list)
+    faces: List[List[Dict[str, Any]]] = field(default_factory=list)   # per image of the batch, last loop
+    gpu_samples: List[Dict[str, float]] = field(default_factory=list)
+    gpu_monitor_error: str = ""
+    metrics: Dict[str, Any] = field(default_factory=dict)   # measured beside the stages (gpu_time_ms, ...)
+    exit_code: Optional[int] = None
+    signal: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"row status {self.status!r}: expected one of {', '.join(STATUSES)}")
+
+    def to_json(self) -> Dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["settings"] = self.settings.to_json() if self.settings is not None else {}
+        return d
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "WorkerResult":
+        d = dict(data)
+        if "extra" in d and "metrics" not in d:   # run folders written before the records existed
+            d["metrics"] = d.pop("extra")
+        d["settings"] = RowSettings.from_json(d.get("settings"))
+        d["metrics"] = dict(d.get("metrics") or {})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def failure(cls, status: str, reason: str, exit_code: Optional[int] = None, signal: str = "") -> "WorkerResult":
+        return cls(status, reason or status, exit_code=exit_code, signal=signal)
+
+
+# ---------------------------------------------------------------------------------------------
+# The progress line a worker prints on stdout (other stdout chatter of a runtime is ignored)
+# ---------------------------------------------------------------------------------------------
+
+def progress_line(done: int, total: int) -> str:
+    return f"P {int(done)} {int(total)}\n"
+
+
+def parse_progress(line: bytes) -> Optional[Tuple[int, int]]:
+    """(done, total) from a progress line, None for anything else a runtime printed."""
+    parts = line.split()
+    if len(parts) == 3 and parts[0] == b"P" and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1]), int(parts[2])
+    return None

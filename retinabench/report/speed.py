@@ -1,0 +1,152 @@
+"""The speed section of a run: the table the original project hand-wrote, and what it says in words."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from retinabench.harness.loop import STAGES
+from retinabench.records import RowId
+from retinabench.report.format import flags_cell, machine_line, md_table, ms, row_label, scenario_line, status_cell
+from retinabench.report.run_data import BASELINE_BACKENDS, RunData
+from retinabench.report.summary import FLAGS
+from retinabench.report.tables import pivot
+from retinabench.report.variants import variant_cell
+
+
+def _stage_cell(s: Optional[Dict[str, Any]]) -> str:
+    if not s:
+        return "–"
+    return f"{ms(s['median_ms'])} ({ms(s['p90_ms'])}, {ms(s['p99_ms'])})"
+
+
+def is_sweep(run: RunData) -> bool:
+    return len({int(s["batch"]) for s in run.summary}) > 1
+
+
+def has_gpu(run: RunData) -> bool:
+    return any(s.get("gpu_util_mean_pct") not in ("", None) for s in run.summary)
+
+
+def has_gpu_time(run: RunData) -> bool:
+    return any(s.get("gpu_time_median_ms") not in ("", None) for s in run.summary)
+
+
+def _gpu_time(run: RunData, rid: RowId) -> Any:
+    """The row's CUDA-event GPU time median (summary.csv's gpu_time_median_ms), '' where none."""
+    for s in run.lines(rid):
+        if s.get("gpu_time_median_ms") not in ("", None):
+            return s["gpu_time_median_ms"]
+    return ""
+
+
+def _device(run: RunData, rid: RowId) -> str:
+    """'cpu, f32': where it ran and at what precision (OpenVINO picks bf16 on AMX CPUs by default)."""
+    for s in run.lines(rid):
+        if s.get("device"):
+            return ", ".join(str(v) for v in (s["device"], s.get("precision")) if v)
+    return "–"
+
+
+def flags_legend(run: RunData) -> str:
+    """What each flag that occurs means (summary.FLAGS, the same words as summary.md)."""
+    present = {f for s in run.summary if int(s.get("n") or 0) > 0 for f in str(s.get("flags", "")).split()}
+    notes = [f"*{f}*: {FLAGS.get(f, 'see summary.md')}" for f in sorted(present)]
+    return ("Flags: " + "; ".join(notes) + ".") if notes else ""
+
+
+def speed_table(run: RunData) -> str:
+    sweep, gpu = is_sweep(run), has_gpu(run)
+    order = ["total", "preprocess", "inference", "postprocess"]  # the original tables' column order
+    headers = ["backend", "variant"] + (["batch", "max batch"] if sweep else []) + ["status", "device, precision", "threads"]
+    headers += [f"{s} ms" for s in order] + (["per image ms"] if sweep else []) + ["images/s"]
+    gpu_time = has_gpu_time(run)
+    headers += (["GPU util %"] if sweep or gpu else []) + (["GPU ms (CUDA events)"] if gpu_time else []) + ["flags"]
+    lines = []
+    for r in pivot(run.summary):
+        rid: RowId = r["row"]
+        row = run.row(rid)
+        reason = row.reason if row is not None else r.get("reason", "")
+        t = r.get("total")
+        line = [r["backend"], variant_cell(run, rid)]
+        line += [r["batch"], r["max_batch"]] if sweep else []
+        line += [status_cell(r["status"], reason), _device(run, rid), r["threads"] or "–"]
+        line += [_stage_cell(r.get(s)) for s in order]
+        line += [ms(t["per_image_median_ms"]) if t else "–"] if sweep else []
+        line += [f"{t['images_per_s']:.1f}" if t and t.get("images_per_s") != "" else "–"]
+        line += [(f"{r['gpu_util']:.0f}" if r["gpu_util"] != "" else "–")] if sweep or gpu else []
+        line += [ms(_gpu_time(run, rid))] if gpu_time else []
+        lines.append(line + [flags_cell(r) or "–"])
+    return md_table(headers, lines)
+
+
+def fastest_sentences(run: RunData) -> List[str]:
+    """Which backend is fastest at each stage, and by what ratio over the next one (issue 4)."""
+    rows = [r for r in pivot(run.summary) if "total" in r and r["backend"] not in BASELINE_BACKENDS]
+    if not rows:
+        return []
+    batch = min(r["batch"] for r in rows)
+    at = [r for r in rows if r["batch"] == batch]
+    out = []
+    where = f" at batch {batch}" if is_sweep(run) else ""
+    device_stages = any(r.result.settings is not None and r.result.settings.device_stages for r in run.rows.values())
+    for stage in STAGES:
+        if stage in ("preprocess", "postprocess") and not device_stages:
+            # Every row ran the family's one numpy implementation: differences are noise, not backends.
+            lo, hi = (min(r[stage]["median_ms"] for r in at), max(r[stage]["median_ms"] for r in at))
+            out.append(f"**{stage}**: the same shared code in every row ({ms(lo)} to {ms(hi)} ms)")
+            continue
+        ranked = sorted(at, key=lambda r: (r[stage]["median_ms"], r["backend"], r["variant"]))
+        best = ranked[0]
+        text = f"**{stage}**{where}: {row_label(best['backend'], best['variant'])} ({ms(best[stage]['median_ms'])} ms)"
+        if len(ranked) > 1:
+            nxt = ranked[1]
+            ratio = nxt[stage]["median_ms"] / best[stage]["median_ms"] if best[stage]["median_ms"] > 0 else float("inf")
+            text += (f", {ratio:.2f}x faster than the next, {row_label(nxt['backend'], nxt['variant'])} "
+                     f"({ms(nxt[stage]['median_ms'])} ms)")
+        else:
+            text += ", the only backend that passed"
+        out.append(text)
+    if is_sweep(run):
+        best_per: Dict[Any, Dict[str, Any]] = {}
+        for r in rows:
+            k = (r["backend"], r["variant"], r["row"].device)
+            if k not in best_per or r["total"]["images_per_s"] > best_per[k]["total"]["images_per_s"]:
+                best_per[k] = r
+        ranked = sorted(best_per.values(), key=lambda r: (-r["total"]["images_per_s"], r["backend"], r["variant"]))
+        b = ranked[0]
+        text = (f"**throughput**: {row_label(b['backend'], b['variant'])} at batch {b['batch']} "
+                f"({b['total']['images_per_s']:.1f} images/s)")
+        if len(ranked) > 1:
+            n = ranked[1]
+            text += (f", {b['total']['images_per_s'] / n['total']['images_per_s']:.2f}x the next, "
+                     f"{row_label(n['backend'], n['variant'])} at batch {n['batch']} ({n['total']['images_per_s']:.1f} images/s)")
+        out.append(text)
+    return out
+
+
+def baseline_sentence(run: RunData) -> str:
+    base = [r for r in pivot(run.summary) if r["backend"] in BASELINE_BACKENDS and "total" in r]
+    if not base:
+        return ""
+    r = min(base, key=lambda r: r["batch"])
+    return (f"The `{r['backend']}` backend runs no network (batch {r['batch']}): its inference stage, "
+            f"{ms(r['inference']['median_ms'])} ms, is what the harness's call and clock reads cost; its "
+            f"{ms(r['preprocess']['median_ms'])} ms preprocess is the shared preprocessing, and its "
+            f"{ms(r['postprocess']['median_ms'])} ms postprocess decodes all-zero outputs (no candidate passes the threshold).")
+
+
+def speed_section(run: RunData, link_base: Path) -> str:
+    parts = [scenario_line(run) + " " + machine_line(run, link_base), "",
+             speed_table(run), "",
+             " ".join(t for t in ("Times are per batch, in milliseconds: median (p90, p99). Threads: the intra-op "
+                                  "threads each backend was given.", flags_legend(run)) if t)]
+    if has_gpu(run):
+        parts += ["", "GPU util %: NVML's mean utilisation during the measured loops, the share of time at least one "
+                      "kernel was running (busy, not how many SMs were used)."]
+    sentences = fastest_sentences(run)
+    if sentences:
+        parts += ["", "Fastest backend per stage: " + "; ".join(sentences) + "."]
+    baseline = baseline_sentence(run)
+    if baseline:
+        parts += ["", baseline]
+    return "\n".join(parts)

@@ -1,0 +1,169 @@
+"""A run's summaries, written from its rows: summary.csv/.md, samples.csv.gz, detections.json.
+
+summary.csv is the stable machine-readable face of a run: one line per row and stage, with the
+row's identity columns (backend, variant, input, batch, max_batch, device), its statistics, and its
+validity flags. samples.csv.gz holds every measured sample in long format; detections.json the
+faces per row. Every file is written through the store (atomically).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from retinabench.config import Scenario
+from retinabench.harness.loop import STAGES
+from retinabench.report.run_accuracy import write_accuracy
+from retinabench.report.stats import (DRIFT_LIMIT, NOISY_CV, STAGE_SUM_TOL, Measurement, drift, drifting,
+                                      host_below_gpu, stage_sum_error)
+from retinabench.store import RowResult, RunStore
+
+SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
+                   "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv", "per_image_median_ms",
+                   "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct",
+                   "warmup", "drift", "stage_sum_err", "gpu_time_median_ms"]
+
+# What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
+FLAGS = {
+    "noisy": f"coefficient of variation above {NOISY_CV:.0%}",
+    "drift": f"the first 50 measured loops' median differs from the rest's by more than {DRIFT_LIMIT:.0%} "
+             "(warmup too short)",
+    "stages!=total": f"preprocess + inference + postprocess differ from the loop's total by more than {STAGE_SUM_TOL:.0%}",
+    "host<gpu": "host-clock inference median below the CUDA-event GPU time: the stage did not wait for the GPU",
+}
+
+
+def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
+    """One dict per row and stage (summary.csv's lines), each with its validity flags and its `row` id."""
+    out = []
+    for r in rows:
+        rid, settings = r.id, r.result.settings
+        base = {"row": rid, "backend": rid.backend, "variant": rid.variant, "input": rid.input, "batch": rid.batch,
+                "max_batch": rid.max_batch, "status": r.status, "device": rid.device,
+                "threads": settings.threads if settings is not None else "",
+                "precision": settings.precision if settings is not None else "",
+                "gpu_util_mean_pct": _gpu_mean(r.result.gpu_samples)}
+        if not r.passed:
+            out.append({**base, "stage": "total", "n": 0, "flags": r.reason})
+            continue
+        base["warmup"] = 0 if r.warmup_ns is None else int(len(r.warmup_ns))
+        sum_err = stage_sum_error(r.samples_ns)
+        # Backends record a GPU time for every call, warmup included: the measured loops are the last ones.
+        gpu_ms = (r.result.metrics.get("gpu_time_ms") or [])[-len(r.samples_ns):]
+        for i, stage in enumerate(STAGES):
+            m = Measurement.from_ns(r.samples_ns[:, i])
+            flags = []
+            if m.noisy:
+                flags.append("noisy")
+            if drifting(r.samples_ns[:, i]):
+                flags.append("drift")
+            extra: Dict[str, Any] = {}
+            if stage == "total":
+                extra["stage_sum_err"] = round(sum_err, 6)
+                if sum_err > STAGE_SUM_TOL:
+                    flags.append("stages!=total")
+            if stage == "inference" and len(gpu_ms):
+                extra["gpu_time_median_ms"] = float(np.median(gpu_ms))
+                if host_below_gpu(r.samples_ns[:, i], gpu_ms):
+                    flags.append("host<gpu")
+            out.append({**base, "stage": stage, **m.to_dict(), "cv": round(m.cv, 4),
+                        "per_image_median_ms": m.median_ms / rid.batch,
+                        "images_per_s": (1000.0 * rid.batch / m.median_ms) if m.median_ms > 0 else "",
+                        "drift": round(drift(r.samples_ns[:, i]), 4), **extra, "flags": " ".join(flags)})
+    return out
+
+
+def validity_table(summary: List[Dict[str, Any]], fmt: str = "simple") -> str:
+    """Per measured row: loops, warmup, CV, drift, stage-sum error, GPU time and flags, with a legend."""
+    from tabulate import tabulate
+    lines: Dict[Any, Dict[str, Any]] = {}
+    for s in summary:
+        if int(s.get("n") or 0) == 0:
+            continue
+        line = lines.setdefault(s["row"], {"flags": {}})
+        line[s["stage"]] = s
+        for f in str(s.get("flags", "")).split():
+            line["flags"].setdefault(f, []).append(s["stage"])
+    table = []
+    for rid, line in lines.items():
+        t, inf = line.get("total", {}), line.get("inference", {})
+        gpu = inf.get("gpu_time_median_ms", "")
+        table.append([rid.backend, rid.variant, rid.device, rid.input, rid.batch, t.get("n", ""), t.get("warmup", ""),
+                      _pct(t.get("cv")), _pct(inf.get("cv")), _pct(t.get("drift")), _pct(t.get("stage_sum_err")),
+                      f"{float(gpu):.3f}" if gpu not in ("", None) else "",
+                      " ".join(f"{f}({','.join(st)})" for f, st in sorted(line["flags"].items()))])
+    headers = ["backend", "variant", "device", "input", "batch", "loops", "warmup", "CV total", "CV inference",
+               "drift total", "stage sum err", "GPU time ms", "flags"]
+    legend = "; ".join(f"{k}: {v}" for k, v in FLAGS.items())
+    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True) + f"\n\nFlags: {legend}."
+
+
+def _pct(v: Any) -> str:
+    try:
+        return f"{100 * float(v):.1f}%"
+    except (TypeError, ValueError):
+        return ""
+
+
+def _gpu_mean(samples: Optional[List[Dict[str, float]]]) -> Any:
+    if not samples:
+        return ""
+    return round(float(np.mean([s["gpu_util_pct"] for s in samples])), 1)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_summary(store: RunStore, rows: List[RowResult]) -> List[Dict[str, Any]]:
+    summary = summary_rows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for s in summary:
+        w.writerow({k: _fmt(s.get(k, "")) for k in SUMMARY_COLUMNS})
+    store.write_file("summary.csv", buf.getvalue())
+    from retinabench.report.tables import stage_table
+    store.write_file("summary.md", stage_table(summary, fmt="github") + "\n\n## Validity\n\n"
+                     + validity_table(summary, fmt="github") + "\n")
+    return summary
+
+
+def write_samples(store: RunStore, rows: List[RowResult]) -> None:
+    """Every measured sample in long format; gzip with a fixed mtime so reruns are byte-identical."""
+    buf = io.StringIO()
+    buf.write("backend,variant,input,batch,max_batch,device,loop,stage,ms\n")
+    for r in rows:
+        if r.samples_ns is None:
+            continue
+        i = r.id
+        prefix = f"{i.backend},{i.variant},{i.input},{i.batch},{i.max_batch},{i.device}"
+        ms = r.samples_ns / 1e6
+        for loop in range(ms.shape[0]):
+            for s, stage in enumerate(STAGES):
+                buf.write(f"{prefix},{loop},{stage},{ms[loop, s]:.6f}\n")
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(buf.getvalue().encode())
+    store.write_file("samples.csv.gz", raw.getvalue())
+
+
+def write_detections(store: RunStore, rows: List[RowResult]) -> None:
+    """Per row key, its identity and `faces_per_image`: one list of faces per image of the batch (last loop)."""
+    data = {r.key: {**r.id.to_json(), "status": r.status, "faces_per_image": r.result.faces}
+            for r in rows if r.status == "passed"}
+    store.write_file("detections.json", json.dumps(data, indent=1))
+
+
+def summarise_run(store: RunStore, rows: List[RowResult], scenario: Scenario) -> None:
+    """Every report a run folder holds, from its rows (the runner's `summarise` hook)."""
+    write_summary(store, rows)
+    write_samples(store, rows)
+    write_detections(store, rows)
+    write_accuracy(store, rows, scenario.reference)
