@@ -7,9 +7,32 @@ from pathlib import Path
 
 import pytest
 
+from tolerance import THREADS
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("RETINABENCH_SHARED", ROOT.parent / "shared")).resolve()
+# Fixed intra-op threads, so partial sums never depend on the machine's core count: MXNet (and
+# torch's default) read OMP_NUM_THREADS once, at import, which is after this line; workers and
+# `bench.py` subprocesses inherit it. torch and OpenCV are also set explicitly below.
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fixed_threads():
+    """torch's and OpenCV's process-wide thread counts, for tests that run them without a backend."""
+    import cv2
+    import torch
+    torch.set_num_threads(THREADS)
+    cv2.setNumThreads(THREADS)
+
+
+def ort_session(path):
+    """An ONNX Runtime CPU session with fixed intra-op threads (its default is one per core)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def shared_path(*parts: str) -> Path:
@@ -57,7 +80,7 @@ def mxnet_native(mnet25, t1_image):
     pre = Preprocessor(get_family("insightface").normalization, "native")
     blob, metas = pre([t1_image])
     blob = blob.copy()
-    with create_backend("mxnet") as be:
+    with create_backend("mxnet", threads=THREADS) as be:
         be.load(mnet25, 1, blob.shape[2], blob.shape[3])
         outs = be.infer(blob)
         names = list(be.output_names)

@@ -10,10 +10,11 @@ import pytest
 
 from conftest import ROOT
 from insightface_reference import insightface_detect
+from tolerance import THREADS
 
 
 def detect_json(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "bench.py", "detect", *args, "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "bench.py", "detect", *args, "--threads", str(THREADS), "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

@@ -13,6 +13,7 @@ from backends.tensorrt_backend import TensorRTBackend
 from retinabench.model.family import get_family
 from retinabench.model.preprocess import Preprocessor
 from retinabench.report.accuracy import compare_faces, output_diffs
+from tolerance import THREADS
 
 FAMILY = get_family("insightface")
 SIZE = (640, 448)
@@ -31,7 +32,7 @@ def reference(mnet25, t1_image):
     pre = Preprocessor(FAMILY.normalization, "fit", SIZE)
     blob, metas = pre([t1_image, t1_image])
     blob = blob.copy()
-    with create_backend("torch") as be:
+    with create_backend("torch", threads=THREADS) as be:
         be.load(mnet25, 2, blob.shape[2], blob.shape[3])
         outs = be.infer(blob)
         names = list(be.output_names)

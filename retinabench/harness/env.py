@@ -7,7 +7,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +28,40 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# Instruction-set extensions that decide which kernels, and which precisions, a runtime uses (oneDNN,
+# MLAS and OpenBLAS dispatch on them; OpenVINO's bf16 is native only with AMX or AVX-512 BF16).
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+             "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+
+
+def cpu_isa(cpuinfo: Optional[str] = None) -> List[str]:
+    """The ISA_FLAGS of the CPU, sorted, from the "flags" line of /proc/cpuinfo (or of the text given);
+    [] where there is none (not Linux, not x86)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            present = set(value.split())
+            return sorted(f for f in ISA_FLAGS if f in present)
+    return []
+
+
+def isa_summary(flags: Sequence[str]) -> str:
+    """The kernel-relevant ISA in a few words: 'AVX2 AVX-512 (BF16, FP16) AMX', 'AVX2', '' for none."""
+    have = set(flags)
+    parts = ["AVX2"] if "avx2" in have else ["AVX"] if "avx" in have else []
+    if "avx512f" in have:
+        extra = [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_fp16", "FP16")) if flag in have]
+        parts.append("AVX-512" + (f" ({', '.join(extra)})" if extra else ""))
+    if have & {"amx_tile", "amx_bf16", "amx_int8"}:
+        parts.append("AMX")
+    return " ".join(parts)
 
 
 def gpu_info() -> Dict[str, Any]:
@@ -63,6 +97,7 @@ def fingerprint() -> Dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": mem_gib,
@@ -72,7 +107,10 @@ def fingerprint() -> Dict[str, Any]:
 
 
 def machine_label(env: Dict[str, Any]) -> str:
-    """One line naming the machine, for report headers."""
+    """One line naming the machine, for report headers; the CPU's ISA where the run recorded it."""
     gpu = env.get("gpu") or {}
     cpu = f"{env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} cores"
+    isa = isa_summary(env.get("cpu_isa") or [])
+    if isa:
+        cpu += f", {isa}"
     return f"{gpu['name']} (driver {gpu.get('driver', '?')}); {cpu}" if gpu.get("name") else cpu
