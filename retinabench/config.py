@@ -23,6 +23,7 @@ MAX_SIDE = 8192
 MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
+SCHEDULES = ("interleaved", "sequential")   # how rows share the machine (retinabench.harness.schedule)
 
 # Environment variables a backend entry may set for its worker (`env:`), applied before the runtime
 # is imported. An allowlist, because variables such as LD_PRELOAD or MXNET_LIBRARY_PATH would let a
@@ -63,8 +64,15 @@ class Scenario:
     reference: Optional[str] = None  # backend whose outputs the accuracy section compares against
     results_dir: str = "results"
     # A row's worker still running after this many seconds is stopped and the row fails
-    # (a runtime that deadlocks must not hang the run); None: no limit.
+    # (a runtime that deadlocks must not hang the run); None: no limit. With interleaved rounds it
+    # counts the time spent on this row only (loading, its own chunks), not the other rows' chunks.
     row_timeout_s: Optional[int] = None
+    # How rows share the machine (retinabench.harness.schedule): interleaved rounds or one after another.
+    schedule: str = "interleaved"
+    round_loops: Optional[int] = None       # loops per row per round (default: loops / 20)
+    rewarm_loops: Optional[int] = None      # excluded loops at the start of each later chunk (default: a tenth)
+    seed: Optional[int] = None              # of the per-round shuffles (default: a fresh one, recorded)
+    max_live_workers: Optional[int] = None  # rows loaded at once (default: every row of a batch size)
     source: str = ""
 
     def rows(self) -> List[Row]:
@@ -92,7 +100,8 @@ class Scenario:
 
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
-           "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s"}
+           "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s",
+           "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers"}
 _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -113,6 +122,16 @@ def _int(where: str, value: Any, lo: int, hi: int) -> int:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if not lo <= value <= hi:
         raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _optional_int(data: Dict[str, Any], key: str, lo: int, hi: int) -> Optional[int]:
+    return None if data.get(key) is None else _int(key, data[key], lo, hi)
+
+
+def _choice(where: str, value: Any, allowed: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
     return value
 
 
@@ -282,6 +301,11 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         results_dir=_str("results_dir", data.get("results_dir", "results")),
         row_timeout_s=(_int("row_timeout_s", data["row_timeout_s"], 1, 7 * 24 * 3600)
                        if data.get("row_timeout_s") is not None else None),
+        schedule=_choice("schedule", data.get("schedule", "interleaved"), SCHEDULES),
+        round_loops=_optional_int(data, "round_loops", 1, MAX_LOOPS),
+        rewarm_loops=_optional_int(data, "rewarm_loops", 0, MAX_LOOPS),
+        seed=_optional_int(data, "seed", 0, 2**31 - 1),
+        max_live_workers=_optional_int(data, "max_live_workers", 1, 4096),
         source=source,
     )
     keys: Dict[str, RowId] = {}

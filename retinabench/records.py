@@ -10,11 +10,13 @@ After Polygraphy's `IterationResult`/`RunResults` and torch.utils.benchmark's `T
 - `Job`: what the parent sends a worker; `WorkerResult`: what the worker returns;
   `RowSettings`: what a timing depends on besides versions (declared fields only are read by reports).
 - `ExitCode`: one set of exit codes for the CLI and the worker, no value meaning two things.
-- The progress line a worker prints: `P <done> <total>`.
+- `Command` and `Event`: the control channel between the parent and a loaded worker (one JSON line
+  each), by which rows are measured in chunks, interleaved round by round with other rows.
 """
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
@@ -245,7 +247,10 @@ class WorkerResult:
     faces: List[List[Dict[str, Any]]] = field(default_factory=list)   # per image of the batch, last loop
     gpu_samples: List[Dict[str, float]] = field(default_factory=list)
     gpu_monitor_error: str = ""
+    gpu_monitor: Dict[str, Any] = field(default_factory=dict)   # the NVML windows, their length, the device
     metrics: Dict[str, Any] = field(default_factory=dict)   # measured beside the stages (gpu_time_ms, ...)
+    # [round, start, end] per measured chunk, in Unix seconds (re-warm loops excluded): when the row measured
+    windows: List[List[float]] = field(default_factory=list)
     exit_code: Optional[int] = None
     signal: str = ""
 
@@ -274,16 +279,51 @@ class WorkerResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The progress line a worker prints on stdout (other stdout chatter of a runtime is ignored)
+# The control channel: parent -> worker commands, worker -> parent events, one JSON line each
 # ---------------------------------------------------------------------------------------------
 
-def progress_line(done: int, total: int) -> str:
-    return f"P {int(done)} {int(total)}\n"
+COMMANDS = ("measure", "finish")
+EVENTS = ("ready", "progress", "done", "finished")
 
 
-def parse_progress(line: bytes) -> Optional[Tuple[int, int]]:
-    """(done, total) from a progress line, None for anything else a runtime printed."""
-    parts = line.split()
-    if len(parts) == 3 and parts[0] == b"P" and parts[1].isdigit() and parts[2].isdigit():
-        return int(parts[1]), int(parts[2])
-    return None
+@dataclass(frozen=True)
+class Command:
+    """`measure`: run `warmup` loops (kept as the row's warmup), then `rewarm` loops (recorded apart,
+    excluded), then `loops` measured loops tagged with `round`. `finish`: write the row's files and exit."""
+
+    kind: str
+    loops: int = 0
+    warmup: int = 0
+    rewarm: int = 0
+    round: int = 0
+
+    def encode(self) -> bytes:
+        return (json.dumps(asdict(self)) + "\n").encode()
+
+    @classmethod
+    def decode(cls, line: bytes) -> "Command":
+        d = json.loads(line)
+        if d.get("kind") not in COMMANDS:
+            raise ValueError(f"unknown command {d.get('kind')!r}")
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
+class Event:
+    """`ready`: loaded, waiting for commands. `progress`: loops done of the current command.
+    `done`: the command's loops are measured. `finished`: the row's files are written."""
+
+    kind: str
+    done: int = 0
+    total: int = 0
+    round: int = 0
+
+    def encode(self) -> bytes:
+        return (json.dumps(asdict(self)) + "\n").encode()
+
+    @classmethod
+    def decode(cls, line: bytes) -> "Event":
+        d = json.loads(line)
+        if d.get("kind") not in EVENTS:
+            raise ValueError(f"unknown event {d.get('kind')!r}")
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})

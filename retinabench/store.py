@@ -100,6 +100,10 @@ class WorkDir:
     def stderr(self) -> Path:
         return self.path / "stderr.txt"
 
+    @property
+    def stdout(self) -> Path:
+        return self.path / "stdout.txt"
+
     def prepare(self, job: Job) -> None:
         """A fresh folder for one worker start: the job written, any previous result removed."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,9 @@ class RowResult:
     result: WorkerResult
     samples_ns: Any = None      # numpy int64 [loops, 4]: preprocess, inference, postprocess, total
     warmup_ns: Any = None       # numpy int64 [warmup, 4], same columns
+    rounds: Any = None          # numpy int32 [loops]: the round each sample was measured in (None: one round)
+    rewarm_ns: Any = None       # numpy int64 [n, 4]: the re-warm loops at the start of later rounds, excluded
+    group: str = ""             # the interleaved group it was measured in ("s0g1": session 0, group 1); "": alone
     stored_key: str = ""        # the file name it has in its run folder (older runs used other keys)
 
     @property
@@ -266,10 +273,15 @@ class RunStore:
         rows = self.path / "rows"
         rows.mkdir(exist_ok=True)
         if row.samples_ns is not None:
-            warm = row.warmup_ns if row.warmup_ns is not None else np.zeros((0, STAGE_COUNT), np.int64)
-            atomic_write(rows / f"{row.key}.npz", npz_bytes(samples=row.samples_ns, warmup=warm))
+            arrays = {"samples": row.samples_ns,
+                      "warmup": row.warmup_ns if row.warmup_ns is not None else np.zeros((0, STAGE_COUNT), np.int64)}
+            if row.rounds is not None:
+                arrays["rounds"] = row.rounds
+            if row.rewarm_ns is not None:
+                arrays["rewarm"] = row.rewarm_ns
+            atomic_write(rows / f"{row.key}.npz", npz_bytes(**arrays))
         record = {"format": ROW_FORMAT, "key": row.key, "id": row.id.to_json(), "status": row.status,
-                  "reason": row.reason, "result": row.result.to_json()}
+                  "reason": row.reason, "group": row.group, "result": row.result.to_json()}
         atomic_write(rows / f"{row.key}.json", _json(record))
         row.stored_key = row.key
 
@@ -351,11 +363,14 @@ def _read_row(path: Path, devices: Dict[tuple, str]) -> RowResult:
         device = recorded if recorded else devices.get((d["backend"], d["variant"]), "cpu")
         row_id = RowId(d["backend"], d["variant"], str(device), d["input"], int(d["batch"]), int(d["max_batch"]))
         result = WorkerResult.from_json({**info, "status": d["status"], "reason": d.get("reason", "")})
-    row = RowResult(row_id, result, stored_key=str(d.get("key") or path.stem))
+    row = RowResult(row_id, result, group=str(d.get("group") or ""), stored_key=str(d.get("key") or path.stem))
     npz = path.with_suffix(".npz")
     if npz.exists():
         arrays = read_npz(npz)
         row.samples_ns, row.warmup_ns = arrays["samples"], arrays["warmup"]
+        row.rounds, row.rewarm_ns = arrays.get("rounds"), arrays.get("rewarm")
         if row.samples_ns.ndim != 2 or row.samples_ns.shape[1] != STAGE_COUNT:
             raise ValueError(f"samples have shape {row.samples_ns.shape}")
+        if row.rounds is not None and row.rounds.shape != (len(row.samples_ns),):
+            raise ValueError(f"rounds have shape {row.rounds.shape} for {len(row.samples_ns)} samples")
     return row

@@ -203,15 +203,17 @@ def test_compare_a_run_with_itself_is_the_same(loaded_a):
 
 
 def test_bootstrap_sees_a_real_slowdown(loaded_a):
-    from retinabench.report.compare import bootstrap_ratio_ci, verdict
     from retinabench.records import RowId
-    a = loaded_a.rows[RowId("onnxruntime", input="448x448", batch=1, max_batch=2)].samples_ns[:, 3] / 1e6
-    lo, hi = bootstrap_ratio_ci(a, a * 1.5)
-    assert lo <= 1.5 <= hi and lo > 1.0
-    assert verdict(1.5, lo, hi) == "slower"
-    lo2, hi2 = bootstrap_ratio_ci(a, a / 1.5)
-    assert verdict(1 / 1.5, lo2, hi2) == "faster"
-    assert bootstrap_ratio_ci(a, a * 1.5) == (lo, hi)  # fixed seed: reproducible
+    from retinabench.report.compare import verdict
+    from retinabench.report.stats import ratio_ci
+    row = loaded_a.rows[RowId("onnxruntime", input="448x448", batch=1, max_batch=2)]
+    a = row.samples_ns[:, 3] / 1e6
+    iv = ratio_ci(a * 1.5, a, row.rounds, row.rounds)  # two runs: each side resampled on its own
+    assert iv.low <= 1.5 <= iv.high and iv.low > 1.0
+    assert verdict(1.5, iv.low, iv.high) == "slower"
+    iv2 = ratio_ci(a / 1.5, a, row.rounds, row.rounds)
+    assert verdict(1 / 1.5, iv2.low, iv2.high) == "faster"
+    assert ratio_ci(a * 1.5, a, row.rounds, row.rounds) == iv  # fixed seed: reproducible
     assert verdict(1.01, 0.99, 1.03) == verdict(1.015, 1.011, 1.019) == "same (within noise)"
 
 

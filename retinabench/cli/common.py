@@ -69,6 +69,14 @@ class ProgressBar:
             self._quarter = 4 * done // total
             print(f"{self._desc}: {done}/{total} loops (warmup included)", file=sys.stderr, flush=True)
 
+    def set_description(self, desc: str) -> None:
+        """A new stage of the same bar (an interleaved group's next round); logs get one line each."""
+        self._desc = desc
+        if self._bar is not None:
+            self._bar.set_description(desc)
+        else:
+            print(desc, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

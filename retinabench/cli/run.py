@@ -27,11 +27,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from retinabench.config import load_scenario
     from retinabench.harness.process import worker_memory_limit
     from retinabench.harness.runner import run_scenario
-    from retinabench.report.summary import summarise_run, summary_rows, validity_table
+    from retinabench.report.summary import summarise_run, validity_table
     from retinabench.report.tables import stage_table
 
     overrides = {"loops": args.loops, "warmup": args.warmup, "model": args.model,
-                 "images": args.image, "threads": args.threads}
+                 "images": args.image, "threads": args.threads, "schedule": args.schedule, "seed": args.seed}
     if args.backends:
         overrides["backends"] = args.backends.split(",")
     scenario = load_scenario(Path(args.config), overrides)
@@ -43,9 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{len(scenario.rows())} row(s) x {scenario.loops} loops (+{scenario.warmup} warmup)", file=sys.stderr)
     outcome = run_scenario(scenario, model, images, results_root, summarise_run,
                            resume=Path(args.resume) if args.resume else None,
-                           progress_factory=lambda row, i, n: ProgressBar(f"[{i}/{n}] {row.key}"),
+                           progress_factory=ProgressBar,
                            on_row_done=row_done)
-    summary = summary_rows(outcome.rows)
+    summary = outcome.summary
     print(stage_table(summary))
     print(validity_table(summary))
     for r in outcome.rows:
@@ -72,4 +72,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--backends", help="comma-separated backend names replacing the config's list")
     run.add_argument("--out", help="results root (default: the config's results_dir)")
     run.add_argument("--resume", help="finish an interrupted run folder: run only its missing rows")
+    run.add_argument("--schedule", choices=("interleaved", "sequential"),
+                     help="how rows share the machine (default: the config's, interleaved rounds)")
+    run.add_argument("--seed", type=int, help="seed of the interleaved rounds' shuffles (default: a fresh one, recorded)")
     run.set_defaults(func=cmd_run)

@@ -1,8 +1,10 @@
-"""The parent's side of a worker process: start it without a shell, stream its progress, stop it.
+"""The parent's side of a worker process: start it without a shell, drive it, stop it.
 
-A worker leads its own process group, so stopping it stops whatever it started. Its result comes
-back as a `WorkerResult` in every case: the one it wrote, or one the parent makes from how the
-process ended (a signal, an exit code, the last line of its stderr, a timeout).
+A worker leads its own process group, so stopping it stops whatever it started. The parent and a
+loaded worker talk over a pair of pipes (commands in, events out; retinabench.records), so the
+worker's stdout (runtimes' chatter) goes to a file beside its stderr and never into a protocol.
+Its result comes back as a `WorkerResult` in every case: the one it wrote, or one the parent makes
+from how the process ended (a signal, an exit code, the last line of its stderr, a timeout).
 
 RETINABENCH_WORKER_MEMORY_LIMIT (e.g. `4G`) caps each worker's address space: an allocation beyond
 it fails inside that worker, which ends its row as `failed`, instead of the machine swapping.
@@ -11,16 +13,17 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from backends.base import backend_class
 from retinabench.errors import BackendUnavailable, BenchError
-from retinabench.records import ExitCode, Job, WorkerResult, parse_progress
+from retinabench.records import Command, Event, ExitCode, Job, WorkerResult
 from retinabench.store import WorkDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,45 +63,173 @@ def worker_env() -> dict:
     return env
 
 
-def run_worker(job: Job, work: WorkDir, python: str, on_progress: Optional[Progress] = None) -> WorkerResult:
-    """Start the worker, stream its progress, return its result record."""
-    work.prepare(job)
-    with open(work.stderr, "wb") as err:
-        proc = subprocess.Popen([python, "-m", "retinabench.harness.worker", str(work.job)],
-                                cwd=ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        timed_out = threading.Event()
+class WorkerProcess:
+    """A worker started, loaded and driven through its control channel (retinabench.records).
 
-        def stop_on_timeout() -> None:
-            timed_out.set()
-            kill(proc)
+    Every wait has a deadline: the row's `timeout_s` is a budget for the time the parent spends
+    waiting on this worker (loading, its own chunks, writing its files), so the rows measured
+    between its chunks never count against it. A worker that dies, or outruns its budget, ends
+    with a `WorkerResult` that says how: `result` holds it, and the row is over.
+    """
 
-        timer = threading.Timer(float(job.timeout_s), stop_on_timeout) if job.timeout_s else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+    def __init__(self, job: Job, work: WorkDir, python: str, on_progress: Optional[Progress] = None):
+        self.job, self.work, self.python = job, work, python
+        self.on_progress = on_progress
+        self.result: Optional[WorkerResult] = None
+        self.measured = 0                 # loops measured so far (its chunks' `loops`)
+        self._budget = float(job.timeout_s) if job.timeout_s else None
+        self._proc: Optional[subprocess.Popen] = None
+        self._commands: Optional[BinaryIO] = None
+        self._events: Optional[int] = None
+        self._buffer = b""
+
+    # -- lifecycle
+    def start(self) -> Optional[WorkerResult]:
+        """Start the worker and wait until it is loaded: None when ready, else how its row ended."""
+        self.work.prepare(self.job)
+        cmd_r, cmd_w = os.pipe()
+        evt_r, evt_w = os.pipe()
+        with open(self.work.stdout, "wb") as out, open(self.work.stderr, "wb") as err:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "retinabench.harness.worker", str(self.work.job), "--control", str(cmd_r),
+                 str(evt_w)], cwd=ROOT, env=worker_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                start_new_session=True, pass_fds=(cmd_r, evt_w))
+        os.close(cmd_r)
+        os.close(evt_w)
+        self._commands = os.fdopen(cmd_w, "wb")
+        self._events = evt_r
+        return self._until("ready")
+
+    def measure(self, command: Command) -> Optional[WorkerResult]:
+        """Run one chunk: None when its loops are measured, else how the row ended."""
+        if self.result is not None:
+            return self.result
+        if not self._send(command):
+            return self._ended()
+        ended = self._until("done")
+        if ended is None:
+            self.measured += command.loops
+        return ended
+
+    def finish(self) -> WorkerResult:
+        """Ask the worker to write its files and end; its result (or how it ended)."""
+        if self.result is None:
+            if self._send(Command("finish")):
+                self._until("finished")
+            self._ended()
+        assert self.result is not None
+        return self.result
+
+    def limit(self, seconds: float) -> None:
+        """Wait at most `seconds` more for this worker (an interrupted run stops soon, whatever the budget)."""
+        self._budget = seconds if self._budget is None else min(self._budget, seconds)
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            kill(self._proc)
+        self._close()
+
+    # -- the channel
+    def _send(self, command: Command) -> bool:
+        if self._commands is None:
+            return False
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # other stdout chatter from a runtime is ignored
-                progress = parse_progress(line)
-                if progress is not None and on_progress is not None:
-                    on_progress(*progress)
-            code = proc.wait()
-        except BaseException:
-            kill(proc)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-    if timed_out.is_set():
-        return WorkerResult.failure("failed", f"timed out: the worker ran longer than row_timeout_s={job.timeout_s} "
-                                              "and was stopped", code, signal_name(-code) if code < 0 else "")
-    record = work.read_result()
-    if code == ExitCode.OK and record is not None and record.status == "passed":
-        return record
-    if code in (ExitCode.UNAVAILABLE, ExitCode.FAILED) and record is not None:
-        return record
-    return crash_result(code, work)
+            self._commands.write(command.encode())
+            self._commands.flush()
+            return True
+        except (BrokenPipeError, OSError):  # the worker is gone: _ended() says how
+            return False
+
+    def _until(self, kind: str) -> Optional[WorkerResult]:
+        """Read events until one of `kind` (None), or until the worker ends or outruns its budget."""
+        while True:
+            line = self._readline()
+            if line is None:
+                return self.result
+            try:
+                event = Event.decode(line)
+            except (ValueError, TypeError):
+                continue  # not ours (nothing else writes to this pipe; be lenient all the same)
+            if event.kind == "progress" and self.on_progress is not None:
+                self.on_progress(event.done, event.total)
+            if event.kind == kind:
+                return None
+
+    def _readline(self) -> Optional[bytes]:
+        while b"\n" not in self._buffer:
+            if self._events is None:
+                return None
+            t0 = time.monotonic()
+            timeout = None if self._budget is None else max(0.0, self._budget)
+            ready, _, _ = select.select([self._events], [], [], timeout)
+            if self._budget is not None:
+                self._budget -= time.monotonic() - t0
+            if not ready:
+                self._timed_out()
+                return None
+            chunk = os.read(self._events, 65536)
+            if not chunk:  # the worker closed its end: it has exited or died
+                self._ended()
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _timed_out(self) -> None:
+        assert self._proc is not None
+        kill(self._proc)
+        code = self._proc.wait()
+        self.result = WorkerResult.failure(
+            "failed", f"timed out: the worker ran longer than row_timeout_s={self.job.timeout_s} and was stopped"
+            + self._progress_note(), code, signal_name(-code) if code < 0 else "")
+        self._close()
+
+    def _ended(self) -> WorkerResult:
+        """The worker's exit: its own result where it wrote one, else how it died."""
+        if self.result is not None:
+            return self.result
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # closed its channel but hangs: stop it
+            kill(self._proc)
+            code = self._proc.wait()
+        record = self.work.read_result()
+        if code == ExitCode.OK and record is not None and record.status == "passed":
+            self.result = record
+        elif code in (ExitCode.UNAVAILABLE, ExitCode.FAILED) and record is not None:
+            self.result = record
+        else:
+            self.result = crash_result(code, self.work)
+            self.result.reason += self._progress_note()
+        self._close()
+        return self.result
+
+    def _progress_note(self) -> str:
+        return f" (after {self.measured} of {self.job.loops} measured loops)" if self.measured else ""
+
+    def _close(self) -> None:
+        if self._commands is not None:
+            try:
+                self._commands.close()
+            except OSError:  # a broken pipe on the last flush: the worker is gone already
+                pass
+            self._commands = None
+        if self._events is not None:
+            os.close(self._events)
+            self._events = None
+
+
+def run_worker(job: Job, work: WorkDir, python: str, on_progress: Optional[Progress] = None) -> WorkerResult:
+    """One row from start to finish in one chunk (warmup, then every measured loop): the sequential way."""
+    worker = WorkerProcess(job, work, python, on_progress)
+    try:
+        if worker.start() is None:
+            worker.measure(Command("measure", job.loops, job.warmup))
+        return worker.finish()
+    except BaseException:
+        worker.kill()
+        raise
 
 
 def crash_result(code: int, work: WorkDir) -> WorkerResult:

@@ -1,11 +1,15 @@
-"""One backend run in its own process: `python -m retinabench.harness.worker JOB.json`.
+"""One backend row in its own process: `python -m retinabench.harness.worker JOB.json [--control R W]`.
 
 Frameworks never share a process (MXNet, Caffe, TensorRT bring their own CUDA, protobuf and
 threads), a crash ends one row rather than the run, and a backend can live in another interpreter
 (real pycaffe needs Python <= 3.9). The worker does its own timing, so no inter-process cost
-enters a measurement. It reads its `Job` and writes its `WorkerResult` (retinabench.records), its
-samples and its outputs into its scratch folder (retinabench.store.WorkDir), atomically, and prints
-progress lines (retinabench.records.progress_line) on stdout.
+enters a measurement. It reads its `Job`, loads the backend, and then obeys `Command`s on its
+control channel (file descriptors R and W; retinabench.records): each `measure` runs a chunk of
+loops (the row's warmup first, a few re-warm loops at the start of later chunks, recorded apart),
+each `finish` writes its `WorkerResult`, samples and outputs into its scratch folder
+(retinabench.store.WorkDir), atomically, and ends the process. Between commands it blocks on its
+pipe and does nothing, so the one worker measuring at a time has the machine to itself.
+Without --control it measures warmup + loops in one chunk and finishes (for running it by hand).
 
 Exit codes (retinabench.records.ExitCode): OK, UNAVAILABLE (runtime or device missing), FAILED (a
 known reason). Anything else (a signal, an uncaught error) is a crash, reported by the parent with
@@ -23,10 +27,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, BinaryIO, Dict, List, Optional
 
-from retinabench.records import ExitCode, Job, WorkerResult, progress_line
+from retinabench.records import Command, Event, ExitCode, Job, WorkerResult
 from retinabench.store import WorkDir
+
+# Per-call metric lists a backend records (one entry per loop run, of every kind): sliced to the measured loops.
+PER_CALL_METRICS = ("gpu_time_ms", "gpu_preprocess_ms", "gpu_postprocess_ms")
 
 
 def _load_images(paths: List[str]) -> List[Any]:
@@ -41,65 +48,160 @@ def _load_images(paths: List[str]) -> List[Any]:
     return images
 
 
-def _progress(done: int, total: int) -> None:
-    sys.stdout.write(progress_line(done, total))
-    sys.stdout.flush()
+class Channel:
+    """The worker's end of the control channel: commands in, events out (one JSON line each)."""
+
+    def __init__(self, commands: BinaryIO, events: BinaryIO):
+        self._commands, self._events = commands, events
+
+    def send(self, event: Event) -> None:
+        self._events.write(event.encode())
+        self._events.flush()
+
+    def receive(self) -> Optional[Command]:
+        line = self._commands.readline()
+        return Command.decode(line) if line else None   # None: the parent closed the channel
 
 
-def run_job(job: Job, work: WorkDir) -> WorkerResult:
-    from backends.base import backend_class
-    from retinabench.errors import BackendUnavailable
-    from retinabench.harness.loop import measure
-    from retinabench.model.family import get_family
-    from retinabench.model.preprocess import Preprocessor
-    from retinabench.model.source import open_model
+class RowSession:
+    """A loaded row: its backend, stages and measured loop, and every sample it has measured so far."""
 
-    spec = job.backend
-    cls = backend_class(spec.name)
-    ok, reason = cls.available()
-    if not ok:
-        raise BackendUnavailable(reason)
-    model = open_model(Path(job.model), job.family)
-    family = get_family(model.family)
-    images = _load_images(list(job.images))
-    batch = job.row.batch
-    batch_images = [images[i % len(images)] for i in range(batch)]
-    pre = Preprocessor(family.normalization, job.input.mode, job.input.size)
-    n, c, h, w = pre.blob_shape(batch_images)
+    def __init__(self, job: Job, work: WorkDir):
+        from backends.base import backend_class
+        from retinabench.errors import BackendUnavailable
+        from retinabench.harness.loop import MeasuredLoop
+        from retinabench.model.family import get_family
+        from retinabench.model.preprocess import Preprocessor
+        from retinabench.model.source import open_model
 
-    backend = cls(variant=spec.variant, threads=spec.threads, device=spec.device, options=spec.options,
-                  max_batch=job.row.max_batch)
-    t_load = time.perf_counter()
-    with backend:
-        backend.load(model, batch, h, w)
-        load_s = time.perf_counter() - t_load
-        pre = backend.device_preprocess(family, job.input.mode, job.input.size) or pre
-        decode = (backend.device_postprocess(family, backend.output_names, job.threshold)
-                  or family.make_decoder(backend.output_names, job.threshold))
-        monitor = None
-        if backend.device.startswith("cuda") and job.gpu_monitor:
+        self.job, self.work = job, work
+        spec = job.backend
+        cls = backend_class(spec.name)
+        ok, reason = cls.available()
+        if not ok:
+            raise BackendUnavailable(reason)
+        self.model = open_model(Path(job.model), job.family)
+        family = get_family(self.model.family)
+        images = _load_images(list(job.images))
+        batch = job.row.batch
+        batch_images = [images[i % len(images)] for i in range(batch)]
+        pre = Preprocessor(family.normalization, job.input.mode, job.input.size)
+        self.blob_shape = list(pre.blob_shape(batch_images))
+        _, _, h, w = self.blob_shape
+        self.backend = cls(variant=spec.variant, threads=spec.threads, device=spec.device, options=spec.options,
+                           max_batch=job.row.max_batch)
+        t_load = time.perf_counter()
+        self.backend.load(self.model, batch, h, w)
+        self.load_s = time.perf_counter() - t_load
+        be = self.backend
+        pre = be.device_preprocess(family, job.input.mode, job.input.size) or pre
+        decode = (be.device_postprocess(family, be.output_names, job.threshold)
+                  or family.make_decoder(be.output_names, job.threshold))
+        self.loop = MeasuredLoop(pre, be.infer, decode, batch_images)
+        self.monitor: Any = None
+        if be.device.startswith("cuda") and job.gpu_monitor:
             from retinabench.harness.gpu_monitor import GpuMonitor
             from retinabench.records import device_index
-            monitor = GpuMonitor(device_index(backend.device))
-        result = measure(pre, backend.infer, decode, batch_images, job.loops, job.warmup, _progress,
-                         on_measure_start=monitor.start if monitor else None)
-        gpu_samples = monitor.stop() if monitor else []
+            self.monitor = GpuMonitor(device_index(be.device))
+            self.monitor.open()  # before warmup: NVML's start-up never lands next to a measured loop
+        import numpy as np
+        self._np = np
+        self.warmup = np.zeros((0, 4), np.int64)
+        self.chunks: List[Any] = []        # measured samples per chunk
+        self.rounds: List[int] = []        # the round of each chunk
+        self.rewarm: List[Any] = []        # re-warm samples per chunk
+        self.windows: List[List[float]] = []
+        self.measured_calls: List[int] = []  # loop-call indices whose per-call metrics are kept
+
+    def measure(self, cmd: Command, progress: Any) -> None:
+        np, loop = self._np, self.loop
+        total = cmd.warmup + cmd.rewarm + cmd.loops
+        if cmd.warmup:
+            self.warmup = np.concatenate([self.warmup, loop.run(cmd.warmup, lambda d, _: progress(d, total))])
+        rewarm = loop.run(cmd.rewarm, lambda d, _: progress(cmd.warmup + d, total))
+        first = loop.calls
+        if self.monitor is not None:
+            self.monitor.begin_window()
+        start = time.time()
+        samples = loop.run(cmd.loops, lambda d, _: progress(cmd.warmup + cmd.rewarm + d, total))
+        self.windows.append([cmd.round, start, time.time()])
+        if self.monitor is not None:
+            self.monitor.end_window()
+        self.chunks.append(samples)
+        self.rounds.append(cmd.round)
+        self.rewarm.append(rewarm)
+        self.measured_calls.extend(range(first, first + cmd.loops))
+
+    def finish(self) -> WorkerResult:
+        np, be = self._np, self.backend
+        samples = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 4), np.int64)
+        rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.chunks, self.rounds)]) \
+            if self.chunks else np.zeros((0,), np.int32)
+        rewarm = np.concatenate(self.rewarm) if self.rewarm else np.zeros((0, 4), np.int64)
+        rewarm_rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.rewarm, self.rounds)]) \
+            if self.rewarm else np.zeros((0,), np.int32)
+        gpu = self.monitor.close() if self.monitor is not None else {}
         record = WorkerResult(
-            "passed", load_s=load_s, versions=backend.versions(), settings=backend.settings(),
-            output_names=list(backend.output_names), model=model.describe(), blob_shape=[n, c, h, w],
-            faces=[f.to_json()["faces"] for f in result.faces], gpu_samples=gpu_samples,
-            gpu_monitor_error=monitor.error if monitor else "", metrics=backend.metrics())
-        if job.save_outputs:
-            host = backend.host_outputs(result.outputs)
-            work.write_outputs({k: v[:1] for k, v in host.items()})
-    work.write_samples(samples=result.samples_ns, warmup=result.warmup_ns)
-    return record
+            "passed", load_s=self.load_s, versions=be.versions(), settings=be.settings(),
+            output_names=list(be.output_names), model=self.model.describe(), blob_shape=self.blob_shape,
+            faces=[f.to_json()["faces"] for f in self.loop.faces], gpu_samples=gpu.pop("samples", []),
+            gpu_monitor_error=gpu.pop("error", ""), gpu_monitor=gpu,
+            metrics=measured_metrics(be.metrics(), self.loop.calls, self.measured_calls), windows=self.windows)
+        if self.job.save_outputs:
+            host = be.host_outputs(self.loop.outputs)
+            self.work.write_outputs({k: v[:1] for k, v in host.items()})
+        self.work.write_samples(samples=samples, warmup=self.warmup, rounds=rounds, rewarm=rewarm,
+                                rewarm_rounds=rewarm_rounds)
+        return record
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def measured_metrics(metrics: Dict[str, Any], calls: int, measured: List[int]) -> Dict[str, Any]:
+    """Per-call metric lists cut to the measured loops (warmup and re-warm calls dropped).
+
+    A list's last `calls` entries are the loops' (a backend may have recorded calls of its own first,
+    e.g. while loading); anything shorter does not line up with the loops and is kept as it is."""
+    out = dict(metrics)
+    for key in PER_CALL_METRICS:
+        values = metrics.get(key)
+        if isinstance(values, list) and len(values) >= calls:
+            tail = values[len(values) - calls:]
+            out[key] = [tail[i] for i in measured]
+    out.pop("gpu_times_include_warmup", None)
+    return out
+
+
+def serve(job: Job, work: WorkDir, channel: Optional[Channel]) -> WorkerResult:
+    """Load, then obey the parent's commands until `finish` (or measure all at once without a channel)."""
+    session = RowSession(job, work)
+    try:
+        if channel is None:
+            session.measure(Command("measure", job.loops, job.warmup), _print_progress)
+            return session.finish()
+        channel.send(Event("ready"))
+        while True:
+            cmd = channel.receive()
+            if cmd is None:
+                raise RuntimeError("the parent closed the control channel before `finish`")
+            if cmd.kind == "finish":
+                return session.finish()
+            session.measure(cmd, lambda d, t: channel.send(Event("progress", d, t, cmd.round)))
+            channel.send(Event("done", cmd.loops, cmd.loops, cmd.round))
+    finally:
+        session.close()
+
+
+def _print_progress(done: int, total: int) -> None:
+    sys.stdout.write(f"{done}/{total} loops\n")
+    sys.stdout.flush()
 
 
 def _die_with_parent(parent_pid: Optional[int]) -> None:
     """Ask Linux to SIGKILL this process when the parent dies (a SIGKILLed harness cannot stop us)."""
     if not sys.platform.startswith("linux"):
-        return  # elsewhere the next progress line fails with a broken pipe and ends the worker
+        return  # elsewhere the next event fails with a broken pipe and ends the worker
     import ctypes
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
@@ -125,10 +227,15 @@ def setup_process(job: Job) -> None:
 
 def main(argv: List[str]) -> int:
     work = WorkDir(Path(argv[0]).parent)
+    channel = None
+    if len(argv) == 4 and argv[1] == "--control":
+        channel = Channel(os.fdopen(int(argv[2]), "rb"), os.fdopen(int(argv[3]), "wb"))
     job = work.read_job()
     setup_process(job)
     try:
-        work.write_result(run_job(job, work))
+        work.write_result(serve(job, work, channel))
+        if channel is not None:
+            channel.send(Event("finished"))
         return ExitCode.OK
     except Exception as e:  # every failure becomes a row with a status and a reason
         from retinabench.errors import BackendUnavailable, BenchError

@@ -1,8 +1,10 @@
 """Two runs side by side: per matching row and stage, the ratio of medians B/A with a bootstrap CI.
 
-Shared machines drift from run to run, so a ratio alone says little: resampling each run's own
-samples (with replacement, a fixed seed) gives a 95% interval for the ratio, and a change counts
-only when the interval excludes 1.0 and the ratio moves by at least 2%.
+Shared machines drift from run to run, so a ratio alone says little: resampling each run's rounds
+(or contiguous blocks of a row measured in one go: retinabench.report.stats, the same machinery as
+a run's own ratios to its reference row; two runs cannot be paired round by round) gives a 95%
+interval for the ratio, and a change counts only when the interval excludes 1.0 and the ratio
+moves by at least 2%.
 """
 from __future__ import annotations
 
@@ -17,11 +19,9 @@ from retinabench.harness.loop import STAGES
 from retinabench.records import RowId
 from retinabench.report.format import ms
 from retinabench.report.run_data import RunData
+from retinabench.report.stats import CI_LEVEL, RESAMPLES, SEED, ratio_ci
 
-RESAMPLES = 2000
-SEED = 20240607          # fixed: the same two runs always give the same interval
 MIN_CHANGE = 0.02        # below this a change is "same" even when the interval excludes 1.0
-_CHUNK = 250             # resamples per chunk, bounding memory for long runs
 
 MatchKey = Tuple[RowId, str]   # row, stage
 
@@ -47,30 +47,6 @@ class RunComparison:
     only_b: List[str]
 
 
-def _medians(samples: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    out = np.empty(resamples)
-    for start in range(0, resamples, _CHUNK):
-        n = min(_CHUNK, resamples - start)
-        idx = rng.integers(0, samples.size, size=(n, samples.size))
-        out[start:start + n] = np.median(samples[idx], axis=1)
-    return out
-
-
-def bootstrap_ratio_ci(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
-                       level: float = 0.95) -> Tuple[float, float]:
-    """Percentile interval of median(B*)/median(A*) over resamples of each run's samples."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("no samples")
-    rng = np.random.default_rng(seed)
-    ma, mb = _medians(a, rng, resamples), _medians(b, rng, resamples)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = mb / ma
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.nanpercentile(ratios, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def verdict(ratio: float, lo: float, hi: float, min_change: float = MIN_CHANGE) -> str:
     if lo <= 1.0 <= hi or abs(ratio - 1.0) < min_change or not np.isfinite(ratio):
         return "same (within noise)"
@@ -82,28 +58,27 @@ def _row_name(k: MatchKey) -> str:
     return f"{r.backend}/{r.variant} {r.input} b{r.batch}" + (f" on {r.device}" if r.device != "cpu" else "")
 
 
-def _stage_samples(run: RunData) -> Dict[MatchKey, np.ndarray]:
-    """MatchKey -> that stage's samples in ms, for every passed row with samples."""
-    out: Dict[MatchKey, np.ndarray] = {}
+def _stage_samples(run: RunData) -> Dict[MatchKey, Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """MatchKey -> that stage's samples in ms and their rounds, for every passed row with samples."""
+    out: Dict[MatchKey, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
     for r in run.ordered_rows():
         if not r.passed:
             continue
         for i, stage in enumerate(STAGES):
-            out[(r.id, stage)] = r.samples_ns[:, i] / 1e6
+            out[(r.id, stage)] = (r.samples_ns[:, i] / 1e6, r.rounds)
     return out
 
 
-def compare_runs(a: RunData, b: RunData, resamples: int = RESAMPLES, seed: int = SEED) -> RunComparison:
+def compare_runs(a: RunData, b: RunData) -> RunComparison:
     sa, sb = _stage_samples(a), _stage_samples(b)
     rows = []
-    for key, xa in sa.items():
+    for key, (xa, ra) in sa.items():
         if key not in sb:
             continue
-        xb = sb[key]
-        med_a, med_b = float(np.median(xa)), float(np.median(xb))
-        ratio = med_b / med_a if med_a > 0 else float("inf")
-        lo, hi = bootstrap_ratio_ci(xa, xb, resamples, seed)
-        rows.append(StageComparison(key[0], key[1], med_a, med_b, ratio, lo, hi, verdict(ratio, lo, hi)))
+        xb, rb = sb[key]
+        iv = ratio_ci(xb, xa, rb, ra)  # B / A, each run's rounds drawn independently
+        rows.append(StageComparison(key[0], key[1], float(np.median(xa)), float(np.median(xb)), iv.estimate,
+                                    iv.low, iv.high, verdict(iv.estimate, iv.low, iv.high)))
     only_a = sorted({_row_name(k) for k in sa if k not in sb})
     only_b = sorted({_row_name(k) for k in sb if k not in sa})
     return RunComparison(a, b, rows, only_a, only_b)
@@ -127,9 +102,9 @@ def comparison_text(c: RunComparison, fmt: str = "simple") -> str:
         lines += ["", tabulate(table, headers=["backend", "variant", "device", "input", "batch", "stage", "A median ms",
                                                "B median ms", "B/A", "95% CI", "B is"],
                                tablefmt=fmt, disable_numparse=True), "",
-                  f"B/A: ratio of medians; CI: bootstrap percentile interval ({RESAMPLES} resamples of each run's "
-                  f"samples, seed {SEED}); 'same' when the interval holds 1.0 or the change is under "
-                  f"{MIN_CHANGE:.0%}."]
+                  f"B/A: ratio of medians; CI: {CI_LEVEL:.0%} bootstrap percentile interval ({RESAMPLES} resamples "
+                  f"of each run's rounds, or of blocks of loops where a row ran in one go; seed {SEED}); 'same' "
+                  f"when the interval holds 1.0 or the change is under {MIN_CHANGE:.0%}."]
     if c.only_a:
         lines.append("only in A: " + ", ".join(c.only_a))
     if c.only_b:

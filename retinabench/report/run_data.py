@@ -17,9 +17,10 @@ from retinabench.store import RowResult, RunStore
 
 # Backends that run no network: they measure the harness itself, so they never "win" a stage.
 BASELINE_BACKENDS = {"empty"}
-_INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra"}
+_INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra", "rounds"}
 _TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads",
-                 "reference", "output"}
+                 "reference", "output", "group"}
+_BOOL_COLUMNS = {"ratio_paired"}
 
 
 @dataclass
@@ -58,6 +59,8 @@ class RunData:
 def _number(key: str, value: str) -> Any:
     if key in _TEXT_COLUMNS or value == "":
         return value
+    if key in _BOOL_COLUMNS:
+        return value == "true"
     try:
         return int(value) if key in _INT_COLUMNS else float(value)
     except ValueError:

@@ -9,7 +9,7 @@ from retinabench.records import RowId
 from retinabench.report.format import flags_cell, machine_line, md_table, ms, row_label, scenario_line, status_cell
 from retinabench.report.run_data import BASELINE_BACKENDS, RunData
 from retinabench.report.summary import FLAGS
-from retinabench.report.tables import pivot
+from retinabench.report.tables import has_ratios, pivot, ratio_cell, reference_name
 from retinabench.report.variants import variant_cell
 
 
@@ -60,7 +60,9 @@ def speed_table(run: RunData) -> str:
     headers = ["backend", "variant"] + (["batch", "max batch"] if sweep else []) + ["status", "device, precision", "threads"]
     headers += [f"{s} ms" for s in order] + (["per image ms"] if sweep else []) + ["images/s"]
     gpu_time = has_gpu_time(run)
-    headers += (["GPU util %"] if sweep or gpu else []) + (["GPU ms (CUDA events)"] if gpu_time else []) + ["flags"]
+    ratios = has_ratios(run.summary)
+    headers += (["GPU util %"] if sweep or gpu else []) + (["GPU ms (CUDA events)"] if gpu_time else [])
+    headers += ([f"inference vs {reference_name(run.summary)} (95% CI)"] if ratios else []) + ["flags"]
     lines = []
     for r in pivot(run.summary):
         rid: RowId = r["row"]
@@ -75,6 +77,7 @@ def speed_table(run: RunData) -> str:
         line += [f"{t['images_per_s']:.1f}" if t and t.get("images_per_s") != "" else "–"]
         line += [(f"{r['gpu_util']:.0f}" if r["gpu_util"] != "" else "–")] if sweep or gpu else []
         line += [ms(_gpu_time(run, rid))] if gpu_time else []
+        line += [(ratio_cell(r["inference"]) if "inference" in r else "") or "–"] if ratios else []
         lines.append(line + [flags_cell(r) or "–"])
     return md_table(headers, lines)
 
@@ -135,11 +138,39 @@ def baseline_sentence(run: RunData) -> str:
             f"{ms(r['postprocess']['median_ms'])} ms postprocess decodes all-zero outputs (no candidate passes the threshold).")
 
 
+def ratio_note(run: RunData) -> str:
+    """What the ratio column means, for the runs that have one."""
+    if not has_ratios(run.summary):
+        return ""
+    lines = [s for s in run.summary if s.get("ratio") not in ("", None) and s.get("reference") != s["row"].key]
+    paired = {bool(s.get("ratio_paired")) for s in lines}
+    how = ("paired round by round (each resample draws rounds and takes both rows' loops of those rounds)"
+           if paired == {True} else "resampling each row's rounds (or blocks of loops) independently"
+           if paired == {False} else "paired round by round where both rows were interleaved in one group, "
+                                     "else resampling each row independently")
+    return (f"Inference vs {reference_name(run.summary)}: the ratio of the row's inference median to the reference "
+            f"row's at the same batch, with a 95% bootstrap interval {how}.")
+
+
+def schedule_line(run: RunData) -> str:
+    """How the rows shared the machine, from run.json."""
+    schedules = run.meta.get("schedules") or []
+    if not schedules:
+        return ""
+    s = schedules[-1]
+    if s.get("kind") == "sequential":
+        return "Rows were measured one after another (`schedule: sequential`)."
+    return (f"Rows were measured in interleaved rounds: {s['round_loops']} loops per row per round, in an order "
+            f"shuffled per round (seed {s['seed']}), each round's chunk after the first starting with "
+            f"{s['rewarm_loops']} re-warm loops that are not counted.")
+
+
 def speed_section(run: RunData, link_base: Path) -> str:
     parts = [scenario_line(run) + " " + machine_line(run, link_base), "",
              speed_table(run), "",
              " ".join(t for t in ("Times are per batch, in milliseconds: median (p90, p99). Threads: the intra-op "
-                                  "threads each backend was given.", flags_legend(run)) if t)]
+                                  "threads each backend was given.", schedule_line(run), ratio_note(run),
+                                  flags_legend(run)) if t)]
     if has_gpu(run):
         parts += ["", "GPU util %: NVML's mean utilisation during the measured loops, the share of time at least one "
                       "kernel was running (busy, not how many SMs were used)."]

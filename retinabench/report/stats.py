@@ -1,8 +1,11 @@
-"""Summary statistics of one stage's samples (after torch.utils.benchmark's Measurement)."""
+"""Summary statistics of one stage's samples (after torch.utils.benchmark's Measurement), and the
+confidence intervals of medians and of ratios between rows (bootstrap over rounds, paired where
+rows were measured in the same rounds)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,3 +93,126 @@ def host_below_gpu(inference_ns: np.ndarray, gpu_time_ms: Sequence[float]) -> bo
     if gpu.size == 0 or host.size == 0:
         return False
     return float(np.median(host)) < float(np.median(gpu))
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence intervals that respect rounds (interleaved schedules) and pair rows round by round
+# ---------------------------------------------------------------------------------------------
+
+CI_LEVEL = 0.95
+RESAMPLES = 2000
+SEED = 20240607          # fixed: the same samples always give the same interval (byte-identical reports)
+BLOCKS = 20              # a row measured in one go is cut into this many contiguous blocks to resample
+ROUND_SPREAD_LIMIT = 2.0  # rounds-disagree: round medians spread this many times what their samples explain
+MIN_ROUNDS_FOR_SPREAD = 5
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+    paired: bool = False
+
+
+def clusters(samples: np.ndarray, rounds: Optional[np.ndarray] = None) -> Tuple[List[int], np.ndarray]:
+    """(cluster ids, [clusters, longest] float matrix padded with NaN): one cluster per round.
+
+    Noise on a shared machine is correlated in time, so a bootstrap resamples whole rounds (the
+    chunk of loops a row measured between other rows), never single loops. A row measured in one
+    go has one round: it is cut into BLOCKS contiguous blocks instead (a block bootstrap)."""
+    x = np.asarray(samples, np.float64)
+    if rounds is None or len(np.unique(rounds)) < 2:
+        parts = [p for p in np.array_split(x, min(BLOCKS, max(1, x.size))) if p.size]
+        ids = list(range(len(parts)))
+    else:
+        ids = sorted(int(r) for r in np.unique(rounds))
+        parts = [x[np.asarray(rounds) == r] for r in ids]
+    m = np.full((len(parts), max(p.size for p in parts)), np.nan)
+    for i, p in enumerate(parts):
+        m[i, :p.size] = p
+    return ids, m
+
+
+def _pooled_median(m: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Median of the samples of the resampled clusters: idx [..., n] -> [...]."""
+    picked = m[np.asarray(idx, np.int64)]                  # [..., n, L]
+    flat = picked.reshape(*picked.shape[:-2], -1)
+    return np.nanmedian(flat, axis=-1) if np.isnan(m).any() else np.median(flat, axis=-1)
+
+
+def _bootstrap(data: Tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray]) -> Tuple[float, float]:
+    """A percentile interval from scipy.stats.bootstrap over cluster indices, with the fixed seed."""
+    from scipy import stats
+    params = inspect.signature(stats.bootstrap).parameters
+    rng = {"rng" if "rng" in params else "random_state": np.random.default_rng(SEED)}
+    res = stats.bootstrap(data, statistic, n_resamples=RESAMPLES, batch=250, vectorized=True, axis=-1,
+                          confidence_level=CI_LEVEL, method="percentile", **rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def median_ci(samples: np.ndarray, rounds: Optional[np.ndarray] = None) -> Interval:
+    """The median and its 95% interval, resampling rounds (or blocks)."""
+    _, m = clusters(samples, rounds)
+    estimate = float(np.median(np.asarray(samples, np.float64)))
+    if len(m) < 2:
+        return Interval(estimate, estimate, estimate)
+    lo, hi = _bootstrap((np.arange(len(m)),), lambda i, axis=-1: _pooled_median(m, i))
+    return Interval(estimate, lo, hi)
+
+
+def can_pair(a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray]) -> bool:
+    """Rows measured in the same rounds (of one interleaved group) can be compared round by round."""
+    if a_rounds is None or b_rounds is None:
+        return False
+    ra, rb = set(np.unique(a_rounds).tolist()), set(np.unique(b_rounds).tolist())
+    return len(ra & rb) >= 2
+
+
+def ratio_ci(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray] = None,
+             b_rounds: Optional[np.ndarray] = None, paired: bool = False) -> Interval:
+    """median(a) / median(b) with a 95% interval.
+
+    `paired`: a and b were measured in the same rounds (one interleaved group): a resample draws
+    rounds, and takes both rows' samples of those rounds, so a slowdown that hit a round hit both
+    sides of the ratio and cancels. Otherwise each side's rounds (or blocks) are drawn independently."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    estimate = float(np.median(a) / np.median(b)) if np.median(b) > 0 else float("inf")
+    if paired and can_pair(a_rounds, b_rounds):
+        common = sorted(set(np.unique(a_rounds).tolist()) & set(np.unique(b_rounds).tolist()))
+        keep_a, keep_b = np.isin(a_rounds, common), np.isin(b_rounds, common)
+        _, ma = clusters(a[keep_a], np.asarray(a_rounds)[keep_a])
+        _, mb = clusters(b[keep_b], np.asarray(b_rounds)[keep_b])
+        lo, hi = _bootstrap((np.arange(len(common)),),
+                            lambda i, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, i))
+        return Interval(estimate, lo, hi, paired=True)
+    _, ma = clusters(a, a_rounds)
+    _, mb = clusters(b, b_rounds)
+    if len(ma) < 2 or len(mb) < 2:
+        return Interval(estimate, estimate, estimate)
+    lo, hi = _bootstrap((np.arange(len(ma)), np.arange(len(mb))),
+                        lambda i, j, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, j))
+    return Interval(estimate, lo, hi)
+
+
+def round_stats(samples: np.ndarray, rounds: Optional[np.ndarray]) -> Dict[str, float]:
+    """Per-round checks of a row measured in rounds: the median round's CV and head drift, and how far
+    the rounds' medians spread beyond what their own samples explain ({} for a row of one round)."""
+    if rounds is None or len(np.unique(rounds)) < 2:
+        return {}
+    x = np.asarray(samples, np.float64)
+    meds, ses, cvs, drifts = [], [], [], []
+    for r in np.unique(rounds):
+        y = x[np.asarray(rounds) == r]
+        med = float(np.median(y))
+        mad = 1.4826 * float(np.median(np.abs(y - med)))
+        meds.append(med)
+        ses.append(1.2533 * mad / np.sqrt(y.size))        # the standard error of a median, from its MAD
+        cvs.append(float(y.std(ddof=1) / y.mean()) if y.size > 1 and y.mean() > 0 else 0.0)
+        drifts.append(drift(y, head=max(1, y.size // 4)))
+    meds_a = np.asarray(meds)
+    between = 1.4826 * float(np.median(np.abs(meds_a - np.median(meds_a))))
+    within = float(np.median(ses))
+    spread = between / within if within > 0 else (0.0 if between == 0 else float("inf"))
+    return {"rounds": float(len(meds)), "round_cv": float(np.median(cvs)), "round_drift": float(np.median(drifts)),
+            "round_spread": spread}

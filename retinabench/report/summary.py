@@ -18,14 +18,19 @@ import numpy as np
 from retinabench.config import Scenario
 from retinabench.harness.loop import STAGES
 from retinabench.report.run_accuracy import write_accuracy
-from retinabench.report.stats import (DRIFT_LIMIT, NOISY_CV, STAGE_SUM_TOL, Measurement, drift, drifting,
-                                      host_below_gpu, stage_sum_error)
+from retinabench.records import RowId
+from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, MIN_ROUNDS_FOR_SPREAD, NOISY_CV, ROUND_SPREAD_LIMIT,
+                                      STAGE_SUM_TOL, Measurement, drift, drifting, host_below_gpu, median_ci,
+                                      ratio_ci, round_stats, stage_sum_error)
 from retinabench.store import RowResult, RunStore
 
+# The first columns are those of runs before rounds existed, in their order; new ones come after.
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
                    "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv", "per_image_median_ms",
                    "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct",
-                   "warmup", "drift", "stage_sum_err", "gpu_time_median_ms"]
+                   "warmup", "drift", "stage_sum_err", "gpu_time_median_ms",
+                   "rounds", "group", "median_ci_low_ms", "median_ci_high_ms", "round_cv", "round_drift",
+                   "round_spread", "reference", "ratio", "ratio_ci_low", "ratio_ci_high", "ratio_paired"]
 
 # What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
 FLAGS = {
@@ -34,11 +39,48 @@ FLAGS = {
              "(warmup too short)",
     "stages!=total": f"preprocess + inference + postprocess differ from the loop's total by more than {STAGE_SUM_TOL:.0%}",
     "host<gpu": "host-clock inference median below the CUDA-event GPU time: the stage did not wait for the GPU",
+    "round-noisy": f"the median round's coefficient of variation is above {NOISY_CV:.0%}",
+    "round-drift": f"the first quarter of a round differs from the rest by more than {DRIFT_LIMIT:.0%} in the median "
+                   "round (re-warm too short)",
+    "rounds-disagree": f"the rounds' medians spread more than {ROUND_SPREAD_LIMIT:g}x what their own samples explain "
+                       "(the machine's speed changed between rounds)",
 }
 
 
-def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
-    """One dict per row and stage (summary.csv's lines), each with its validity flags and its `row` id."""
+def reference_rows(rows: List[RowResult], reference: Optional[str]) -> Dict[RowId, RowResult]:
+    """Each row's reference: the passed row of the `reference` backend at the same input and batch
+    (its default variant where it has several; the first in the run's order otherwise)."""
+    if not reference:
+        return {}
+    refs = [r for r in rows if r.passed and r.id.backend == reference]
+    out = {}
+    for r in rows:
+        same = [x for x in refs if (x.id.input, x.id.batch) == (r.id.input, r.id.batch)]
+        same.sort(key=lambda x: x.id.variant != "default")
+        if same:
+            out[r.id] = same[0]
+    return out
+
+
+def _ratio_columns(r: RowResult, ref: Optional[RowResult], stage: int) -> Dict[str, Any]:
+    """The ratio of the row's median to its reference's at one stage, with its 95% interval."""
+    if ref is None:
+        return {}
+    if ref.id == r.id:
+        return {"reference": ref.key, "ratio": 1.0, "ratio_ci_low": 1.0, "ratio_ci_high": 1.0, "ratio_paired": True}
+    paired = bool(r.group) and r.group == ref.group
+    iv = ratio_ci(r.samples_ns[:, stage], ref.samples_ns[:, stage], r.rounds, ref.rounds, paired=paired)
+    return {"reference": ref.key, "ratio": iv.estimate, "ratio_ci_low": iv.low, "ratio_ci_high": iv.high,
+            "ratio_paired": iv.paired}
+
+
+def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One dict per row and stage (summary.csv's lines), each with its validity flags and its `row` id.
+
+    With a `reference` backend, every row's median at each stage is also given as a ratio to the
+    reference row's, with a 95% interval (paired round by round where both rows were interleaved
+    in one group)."""
+    refs = reference_rows(rows, reference)
     out = []
     for r in rows:
         rid, settings = r.id, r.result.settings
@@ -61,7 +103,20 @@ def summary_rows(rows: List[RowResult]) -> List[Dict[str, Any]]:
                 flags.append("noisy")
             if drifting(r.samples_ns[:, i]):
                 flags.append("drift")
-            extra: Dict[str, Any] = {}
+            ci = median_ci(r.samples_ns[:, i] / 1e6, r.rounds)
+            rs = round_stats(r.samples_ns[:, i] / 1e6, r.rounds)
+            extra: Dict[str, Any] = {"rounds": int(rs.get("rounds", 1)), "group": r.group,
+                                     "median_ci_low_ms": ci.low, "median_ci_high_ms": ci.high,
+                                     **_ratio_columns(r, refs.get(r.id), i)}
+            if rs:
+                extra.update(round_cv=round(rs["round_cv"], 4), round_drift=round(rs["round_drift"], 4),
+                             round_spread=round(rs["round_spread"], 3))
+                if rs["round_cv"] > NOISY_CV:
+                    flags.append("round-noisy")
+                if abs(rs["round_drift"]) > DRIFT_LIMIT and m.median_ms > DRIFT_MIN_MS:
+                    flags.append("round-drift")
+                if rs["rounds"] >= MIN_ROUNDS_FOR_SPREAD and rs["round_spread"] > ROUND_SPREAD_LIMIT:
+                    flags.append("rounds-disagree")
             if stage == "total":
                 extra["stage_sum_err"] = round(sum_err, 6)
                 if sum_err > STAGE_SUM_TOL:
@@ -116,13 +171,15 @@ def _gpu_mean(samples: Optional[List[Dict[str, float]]]) -> Any:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6g}"
-    return str(v)
+    return "" if v is None else str(v)
 
 
-def write_summary(store: RunStore, rows: List[RowResult]) -> List[Dict[str, Any]]:
-    summary = summary_rows(rows)
+def write_summary(store: RunStore, rows: List[RowResult], reference: Optional[str] = None) -> List[Dict[str, Any]]:
+    summary = summary_rows(rows, reference)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -161,9 +218,10 @@ def write_detections(store: RunStore, rows: List[RowResult]) -> None:
     store.write_file("detections.json", json.dumps(data, indent=1))
 
 
-def summarise_run(store: RunStore, rows: List[RowResult], scenario: Scenario) -> None:
-    """Every report a run folder holds, from its rows (the runner's `summarise` hook)."""
-    write_summary(store, rows)
+def summarise_run(store: RunStore, rows: List[RowResult], scenario: Scenario) -> List[Dict[str, Any]]:
+    """Every report a run folder holds, from its rows (the runner's `summarise` hook); the summary lines."""
+    summary = write_summary(store, rows, scenario.reference)
     write_samples(store, rows)
     write_detections(store, rows)
     write_accuracy(store, rows, scenario.reference)
+    return summary
