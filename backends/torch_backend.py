@@ -24,8 +24,9 @@ CUDA, `infer` ends with its outputs in host memory (pinned buffers, one sync) un
 decodes on the GPU, where it ends with the outputs complete on the device. CUDA events around the
 network's GPU work give `gpu_time_ms` per infer call (warmup calls included, in call order: the
 measured loops are the last `loops` entries); the GPU pre/post stages record theirs likewise.
-torch.compile time is measured at load (and at the first pre/post call for the stages) and reported
-in settings, never inside a measured loop.
+torch.compile time is measured at load (the stages': at their build, before warmup, see
+retinabench.model.device.pipeline.build_device_stages) and reported in settings, never inside a
+measured loop.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from backends.base import Backend
 from retinabench.errors import BackendUnavailable
-from retinabench.model.device.pipeline import DeviceStageOptions, DeviceStages
+from retinabench.model.device.pipeline import NETWORK_TIMER, DeviceStageOptions, DeviceStages
 from retinabench.records import RowSettings
 
 RUNNERS = ("eager", "graph", "compile")
@@ -106,6 +107,7 @@ class TorchBackend(DeviceStages, Backend):
                 raise BackendUnavailable(f"torch {torch.__version__}: no CUDA device")
         elif spec.cuda_only:
             raise BackendUnavailable(f"torch variant {self.variant!r} needs a CUDA device (device is {self.device!r})")
+        self.check_device_stages(model)
         if self.threads:
             torch.set_num_threads(int(self.threads))
         self._torch = torch
@@ -127,7 +129,7 @@ class TorchBackend(DeviceStages, Backend):
             return
         from retinabench.model.device.cuda import GpuTimer, capture, compiled
 
-        self._timer = GpuTimer()
+        self._timer = GpuTimer(NETWORK_TIMER)
         # The network's input: the graph reads it, GPU preprocessing writes it, host blobs are copied in.
         x = torch.zeros((batch, 3, height, width), dtype=self._dtype, device=self._dev)
         self.device_input = x.contiguous(memory_format=self._format)
@@ -174,10 +176,9 @@ class TorchBackend(DeviceStages, Backend):
             return {name: h.numpy() for name, h in zip(self.output_names, self._host)}
 
     def metrics(self) -> Dict[str, Any]:
-        if not self._cuda:
+        if self._timer is None:  # CPU: no CUDA events
             return {}
-        return {"gpu_time_ms": list(self._timer.times_ms), "gpu_times_include_warmup": True,
-                **self.device_stage_metrics()}
+        return self.gpu_metrics(self._timer)
 
     def versions(self) -> Dict[str, str]:
         import torch
@@ -199,14 +200,13 @@ class TorchBackend(DeviceStages, Backend):
         s = super().settings()
         s.threads = torch.get_num_threads()
         s.precision = spec.precision
-        s.device_stages = spec.device_stages
         s.extras.update({k: v for k, v in asdict(spec).items() if k != "device_stages"})
+        self.apply_device_stage_settings(s)  # device_stages and the stages' extras, as TensorRT's fp16-pipe
         if self._cuda:
             s.extras.update(tf32=bool(torch.backends.cudnn.allow_tf32),
                             cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
             if self.model_compile_s is not None:
                 s.extras["model_compile_s"] = round(float(self.model_compile_s), 3)
-            s.extras.update(self.device_stage_settings())
         return s
 
     def close(self) -> None:

@@ -64,25 +64,41 @@ def isa_summary(flags: Sequence[str]) -> str:
     return " ".join(parts)
 
 
-def gpu_info() -> Dict[str, Any]:
+def gpu_info(devices: Sequence[str] = ("cuda",)) -> Dict[str, Any]:
+    """The GPUs the rows use, identified by UUID and PCI bus id, not by NVML's index.
+
+    `devices`: CUDA device strings ('cuda', 'cuda:1'); each is matched to NVML's GPUs through its UUID
+    or PCI bus id (retinabench.harness.gpu_monitor.identify: NVML ignores CUDA_VISIBLE_DEVICES and may
+    order GPUs otherwise). The top-level name/uuid/pci_bus_id are the first device's (the machine label);
+    `devices` maps each device string to its GPU; `gpus` lists every GPU NVML sees. {} without NVML.
+    """
     try:
         import pynvml
+        from retinabench.harness.gpu_monitor import identify, nvml_devices
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(h)
-        return {"name": name.decode() if isinstance(name, bytes) else name,
-                "driver": _s(pynvml.nvmlSystemGetDriverVersion()),
-                "cuda_driver_api": pynvml.nvmlSystemGetCudaDriverVersion(),
-                "count": pynvml.nvmlDeviceGetCount()}
+        info: Dict[str, Any] = {"driver": _s(pynvml.nvmlSystemGetDriverVersion()),
+                                "cuda_driver_api": pynvml.nvmlSystemGetCudaDriverVersion(),
+                                "count": pynvml.nvmlDeviceGetCount(), "gpus": nvml_devices(pynvml), "devices": {}}
     except Exception:
         return {}
+    for device in dict.fromkeys(devices or ("cuda",)):
+        try:
+            entry, notes = identify(pynvml, device)
+        except Exception as e:
+            entry, notes = None, [f"{type(e).__name__}: {e}"]
+        info["devices"][device] = dict(entry or {}, note="; ".join(notes))
+    first: Dict[str, Any] = next(iter(info["devices"].values()), {})
+    info.update(name=first.get("name", ""), uuid=first.get("uuid", ""), pci_bus_id=first.get("pci_bus_id", ""))
+    if not info["name"] and info["gpus"]:  # not identified: say which GPUs there are, not one of them
+        info["name"] = " / ".join(sorted({g["name"] for g in info["gpus"] if g.get("name")}))
+    return info
 
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def fingerprint() -> Dict[str, Any]:
+def fingerprint(gpu_devices: Sequence[str] = ("cuda",)) -> Dict[str, Any]:
     import numpy
     mem_gib = None
     try:
@@ -102,7 +118,7 @@ def fingerprint() -> Dict[str, Any]:
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": mem_gib,
         "numpy": numpy.__version__,
-        "gpu": gpu_info(),
+        "gpu": gpu_info(gpu_devices),
     }
 
 

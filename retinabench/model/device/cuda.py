@@ -3,14 +3,31 @@
 - `capture`: warm a function up on a side stream, then record it into a CUDA graph on that same
   stream (cuDNN/cuBLAS handles and cudnn.benchmark choices are made before capture, never in it).
 - `GpuTimer`: CUDA events around a stage's GPU work; the elapsed time is read after the stage's
-  own synchronisation, so the measured host time pays one cheap query, not an extra wait.
+  own synchronisation, so the measured host time pays one cheap query, not an extra wait. Each
+  timer carries a `label` saying what its event pair covers (reported beside its times).
+- `untimed`: inside it, timers record nothing (the device-stage build pass outside the measured
+  loop leaves no entry, so the timers' lists stay "warmup calls, then measured calls").
 - `compiled`: torch.compile with the compile time measured, so it is reported beside the loop
   instead of hiding in the first warmup iteration.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Tuple
+
+_UNTIMED = 0  # > 0 inside `untimed()`: GpuTimer.read appends nothing
+
+
+@contextmanager
+def untimed() -> Iterator[None]:
+    """GPU timers record no entry inside this block (events are still recorded: the work is unchanged)."""
+    global _UNTIMED
+    _UNTIMED += 1
+    try:
+        yield
+    finally:
+        _UNTIMED -= 1
 
 
 def capture(fn: Callable[[], Any], warmup: int = 3) -> Tuple[Any, Any]:
@@ -35,11 +52,12 @@ def capture(fn: Callable[[], Any], warmup: int = 3) -> Tuple[Any, Any]:
 
 
 class GpuTimer:
-    """Per-call GPU time of one stage (ms), from a reused pair of CUDA events."""
+    """Per-call GPU time of one stage (ms), from a reused pair of CUDA events; `label`: what it covers."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         import torch
 
+        self.label = label
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         self.times_ms: List[float] = []
@@ -51,7 +69,9 @@ class GpuTimer:
         self._end.record()
 
     def read(self) -> None:
-        """Call after the stream was synchronised: appends this call's elapsed GPU time."""
+        """Call after the stream was synchronised: appends this call's elapsed GPU time (not inside `untimed`)."""
+        if _UNTIMED:
+            return
         self.times_ms.append(self._start.elapsed_time(self._end))
 
 

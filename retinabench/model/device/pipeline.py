@@ -8,19 +8,51 @@ they run the same code and record the same settings and metrics:
 - decode + NMS: the network's device outputs -> the kept faces in host memory, through the
   family's device decoder (`Family.make_device_decoder`; a family without one makes such a
   variant unavailable, with the reason);
-- settings: `device_stages`, the stages' compile times and the decoder's configuration;
-  metrics: CUDA-event times of each device stage and the images decoded on the host instead.
+- settings (`apply_device_stage_settings`): `device_stages`, whether the stages are compiled, their
+  build times (compile and CUDA-graph capture included) and compile times, and the decoder's
+  configuration; metrics (`gpu_metrics`): CUDA-event times of the network and of each device stage,
+  what each event pair covers (`gpu_timer_coverage`), and the images decoded on the host instead.
 
 A backend using it sets `self.device_input` (the network's input tensor) in `load()`, calls
-`init_device_stages(on_device, compile_by_default)` in `__init__`, and takes its options from a
-dataclass derived from `DeviceStageOptions`.
+`init_device_stages(on_device, compile_by_default)` in `__init__`, times its network with a
+`GpuTimer(NETWORK_TIMER)`, takes its options from a dataclass derived from `DeviceStageOptions`, and
+reports through `apply_device_stage_settings(settings)` and `gpu_metrics(network_timer)`.
+
+Building the stages: a device stage builds itself (compile, capture) on its first call. The worker
+runs `build_device_stages(...)` once, after load and before `measure()`, so that work never lands in
+a warmup or measured loop (with `warmup: 0` it would be sample 0); it returns the seconds taken, which
+the worker records as `stage_build_s`. Its pass leaves no GPU-timer entry (cuda.untimed).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from retinabench.errors import BackendUnavailable
+
+# What a backend's network timer covers: the same event placement in every backend using the mixin.
+NETWORK_TIMER = ("network only: CUDA events around the network's kernels (graph replay, module call or "
+                 "execute_async_v3); no input upload, no output copy back")
+
+
+def build_device_stages(preprocess: Callable, infer: Callable, postprocess: Callable,
+                        images: Sequence[Any]) -> float:
+    """One whole pass (preprocess -> infer -> postprocess) outside the measured loop; returns its seconds.
+
+    Every device stage builds on its first call (staging buffers, torch.compile, CUDA-graph capture),
+    so after this pass none is left for a warmup or measured loop. The pass records no GPU-timer
+    entry, so each timer still lists the warmup calls, then the measured calls. Call it with the same
+    stages and images as `measure()`, after `load()` and before the GPU monitor's first window.
+    """
+    from retinabench.model.device.cuda import untimed
+
+    t0 = time.perf_counter()
+    with untimed():
+        blob, metas = preprocess(images)
+        outputs = infer(blob)
+        postprocess(outputs, metas)
+    return time.perf_counter() - t0
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,17 @@ class DeviceStages:
         self._pre: Any = None
         self._post: Any = None
 
+    def check_device_stages(self, model: Any) -> None:
+        """At the top of load(): a variant with device stages needs its family's device decoder; say so
+        before building anything (the same reason `device_postprocess` would give later)."""
+        if not self.stages_on_device:
+            return
+        from retinabench.model.family import get_family
+        family = get_family(model.family)
+        if family.make_device_decoder is None:
+            raise BackendUnavailable(f"the {family.name} family has no device decode + NMS "
+                                     "(it is written for the insightface family)")
+
     def device_preprocess(self, family: Any, mode: str, size: Optional[Tuple[int, int]]) -> Any:
         if not self.stages_on_device:
             return None
@@ -73,22 +116,40 @@ class DeviceStages:
         return {k: (v if isinstance(v, np.ndarray) else v.float().cpu().numpy()) for k, v in outputs.items()}
 
     def device_stage_settings(self) -> Dict[str, Any]:
-        """Recorded beside the backend's own settings: compile times and the decoder's configuration."""
+        """Recorded beside the backend's own settings: build and compile times, the decoder's configuration.
+
+        `*_build_s` is a stage's whole one-time cost (buffers, compile, CUDA-graph capture), `*_compile_s`
+        the torch.compile part of it (0.0 when the stages are captured uncompiled).
+        """
         s: Dict[str, Any] = {"compile_stages": self.compile_stages} if self.stages_on_device else {}
         if self._pre is not None:
+            s["preprocess_build_s"] = round(sum(self._pre.build_s), 3)
             s["preprocess_compile_s"] = round(sum(self._pre.compile_s), 3)
         if self._post is not None:
+            s["postprocess_build_s"] = round(self._post.build_s, 3)
             s["postprocess_compile_s"] = round(self._post.compile_s, 3)
             cfg = self._post.cfg
             s.update(nms_threshold=cfg.nms_threshold, candidates=cfg.candidates, max_faces=cfg.max_faces,
                      nms_iterations=cfg.nms_iterations)
         return s
 
-    def device_stage_metrics(self) -> Dict[str, Any]:
-        m: Dict[str, Any] = {}
+    def apply_device_stage_settings(self, settings: Any) -> Any:
+        """Fill a RowSettings' shared pipeline part: the declared `device_stages` and the stage extras."""
+        settings.device_stages = bool(self.stages_on_device)
+        settings.extras.update(self.device_stage_settings())
+        return settings
+
+    def gpu_metrics(self, network_timer: Any) -> Dict[str, Any]:
+        """CUDA-event times of the network and of each device stage, per call in call order (warmup
+        calls first, then the measured ones; the build pass adds none), with what each covers."""
+        m: Dict[str, Any] = {"gpu_time_ms": list(network_timer.times_ms), "gpu_times_include_warmup": True}
+        coverage = {"gpu_time_ms": network_timer.label}
         if self._pre is not None and self._pre.timer is not None:
             m["gpu_preprocess_ms"] = list(self._pre.timer.times_ms)
+            coverage["gpu_preprocess_ms"] = self._pre.timer.label
         if self._post is not None and self._post.timer is not None:
             m["gpu_postprocess_ms"] = list(self._post.timer.times_ms)
+            coverage["gpu_postprocess_ms"] = self._post.timer.label
             m["postprocess_host_fallbacks"] = self._post.fallbacks
+        m["gpu_timer_coverage"] = coverage
         return m

@@ -6,6 +6,10 @@ soon as it is there (uploads overlap the copies still running); one CUDA graph t
 family's channel order, normalises, pads bottom/right with zeros and writes the network's dtype and
 memory format. The stage ends with a stream synchronisation: the input exists when it returns.
 
+Its GPU timer (`gpu_preprocess_ms`) covers the stage's device work, transfer included: from the
+first image's upload to the end of the graph (PREPROCESS_TIMER says so in the record). With several
+images, later uploads are queued as their host copies finish, so the GPU's wait for them counts.
+
 `fit_batch` is the arithmetic alone, device-agnostic, so the CPU tests can hold it against the
 numpy Preprocessor; on a CPU device `DevicePreprocessor` runs it eagerly (no staging, no graph).
 """
@@ -21,6 +25,8 @@ import numpy as np
 from retinabench.errors import BenchError
 from retinabench.model.preprocess import ImageMeta, Normalization, fit_geometry
 
+PREPROCESS_TIMER = ("upload + resize/normalise graph: from the first image's host-to-device upload to the end "
+                    "of the graph (later uploads overlap host copies still running; no host copy before the first)")
 _COPY_THREADS = 8  # host copies into pinned memory run on this many threads at most
 _BANDS = 4         # a batch of one image is copied as this many row bands
 
@@ -73,6 +79,7 @@ class _Plan:
     metas: List[ImageMeta]
     graph: Any = None
     compile_s: float = 0.0
+    build_s: float = 0.0    # staging buffers, compile and capture: the plan's one-time cost
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,7 +87,8 @@ class DevicePreprocessor:
     """Callable like retinabench.model.preprocess.Preprocessor, writing into `target` on its device.
 
     One plan (staging buffers + captured graph) per distinct list of image sizes, built on first
-    use, i.e. during warmup.
+    use: by retinabench.model.device.pipeline.build_device_stages before warmup, when the worker runs it.
+    `compile_s` and `build_s` list each plan's compile time and whole build time (capture included).
     """
 
     def __init__(self, target: Any, norm: Normalization, mode: str, size: Optional[Tuple[int, int]],
@@ -98,10 +106,11 @@ class DevicePreprocessor:
         self._rgb = norm.order == "rgb"
         self._norm = norm_tensors(norm, target.device)
         self.compile_s: List[float] = []
+        self.build_s: List[float] = []
         self.timer = None
         if self.cuda:
             from retinabench.model.device.cuda import GpuTimer
-            self.timer = GpuTimer()
+            self.timer = GpuTimer(PREPROCESS_TIMER)
             self._pool = ThreadPoolExecutor(max_workers=min(_COPY_THREADS, os.cpu_count() or 1),
                                             thread_name_prefix="pinned-copy")
 
@@ -123,6 +132,14 @@ class DevicePreprocessor:
         return hws, metas
 
     def _plan(self, images: Sequence[np.ndarray]) -> _Plan:
+        import time
+        t0 = time.perf_counter()
+        plan = self._make_plan(images)
+        plan.build_s = time.perf_counter() - t0
+        self.build_s.append(plan.build_s)
+        return plan
+
+    def _make_plan(self, images: Sequence[np.ndarray]) -> _Plan:
         torch = self._torch
         hws, metas = self._geometry(images)
         runs: List[_Run] = []
@@ -169,9 +186,13 @@ class DevicePreprocessor:
                 step = -(-img.shape[0] // bands)
                 futs = [self._pool.submit(np.copyto, dst[y:y + step], img[y:y + step]) for y in range(0, img.shape[0], step)]
                 jobs.append((r, j, futs))
+        first = True
         for r, j, futs in jobs:
             for f in futs:
                 f.result()
+            if first and self.timer is not None:  # the stage's GPU work starts with the first upload
+                self.timer.start()
+                first = False
             r.upload[j].copy_(r.staging[j], non_blocking=True)
 
     def _bound(self, r: _Run):
@@ -195,9 +216,8 @@ class DevicePreprocessor:
                 src = torch.from_numpy(np.stack(images[r.first:r.first + r.count]))
                 self.target[r.first:r.first + r.count] = self._bound(r)(src)
             return self.target, plan.metas
-        self._stage(plan, images)
+        self._stage(plan, images)  # starts the timer before the first upload
         assert self.timer is not None
-        self.timer.start()
         plan.graph.replay()
         self.timer.stop()
         torch.cuda.current_stream().synchronize()
