@@ -105,6 +105,8 @@ class Backend(ABC):
     # Named variants, each a typed record saying how the variant runs; "default" is the parity row.
     variants: ClassVar[Mapping[str, Any]] = {"default": DefaultVariant()}
     Options: ClassVar[Type[Any]] = NoOptions
+    # True where the variant runs the family's stages on the device (retinabench.model.device.pipeline)
+    stages_on_device: bool = False
 
     def __init__(self, variant: str = "default", threads: Optional[int] = None, device: str = "cpu",
                  options: Optional[Mapping[str, Any]] = None, max_batch: Optional[int] = None):

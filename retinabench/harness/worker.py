@@ -98,11 +98,15 @@ class RowSession:
         decode = (be.device_postprocess(family, be.output_names, job.threshold)
                   or family.make_decoder(be.output_names, job.threshold))
         self.loop = MeasuredLoop(pre, be.infer, decode, batch_images)
+        self.stage_build_s: Optional[float] = None
+        if be.stages_on_device:
+            # Device stages capture (and compile) on their first call: do that here, not in a loop.
+            from retinabench.model.device.pipeline import build_device_stages
+            self.stage_build_s = build_device_stages(pre, be.infer, decode, batch_images)
         self.monitor: Any = None
         if be.device.startswith("cuda") and job.gpu_monitor:
             from retinabench.harness.gpu_monitor import GpuMonitor
-            from retinabench.records import device_index
-            self.monitor = GpuMonitor(device_index(be.device))
+            self.monitor = GpuMonitor(be.device)   # matched to NVML by UUID / PCI bus id, not by index
             self.monitor.open()  # before warmup: NVML's start-up never lands next to a measured loop
         import numpy as np
         self._np = np
@@ -140,9 +144,12 @@ class RowSession:
         rewarm = np.concatenate(self.rewarm) if self.rewarm else np.zeros((0, 4), np.int64)
         rewarm_rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.rewarm, self.rounds)]) \
             if self.rewarm else np.zeros((0,), np.int32)
-        gpu = self.monitor.close() if self.monitor is not None else {}
+        gpu = dict(self.monitor.close()) if self.monitor is not None else {}
+        settings = be.settings()
+        if self.stage_build_s is not None:
+            settings.extras["stage_build_s"] = round(self.stage_build_s, 3)
         record = WorkerResult(
-            "passed", load_s=self.load_s, versions=be.versions(), settings=be.settings(),
+            "passed", load_s=self.load_s, versions=be.versions(), settings=settings,
             output_names=list(be.output_names), model=self.model.describe(), blob_shape=self.blob_shape,
             faces=[f.to_json()["faces"] for f in self.loop.faces], gpu_samples=gpu.pop("samples", []),
             gpu_monitor_error=gpu.pop("error", ""), gpu_monitor=gpu,

@@ -25,12 +25,15 @@ from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, MIN_ROUNDS_FOR_
 from retinabench.store import RowResult, RunStore
 
 # The first columns are those of runs before rounds existed, in their order; new ones come after.
+SHORT_WINDOW_S = 2.0     # GPU utilisation over less than this many seconds of measured loops is flagged
+
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
                    "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv", "per_image_median_ms",
                    "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct",
                    "warmup", "drift", "stage_sum_err", "gpu_time_median_ms",
                    "rounds", "group", "median_ci_low_ms", "median_ci_high_ms", "round_cv", "round_drift",
-                   "round_spread", "reference", "ratio", "ratio_ci_low", "ratio_ci_high", "ratio_paired"]
+                   "round_spread", "reference", "ratio", "ratio_ci_low", "ratio_ci_high", "ratio_paired",
+                   "gpu_window_s"]
 
 # What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
 FLAGS = {
@@ -44,6 +47,8 @@ FLAGS = {
                    "round (re-warm too short)",
     "rounds-disagree": f"the rounds' medians spread more than {ROUND_SPREAD_LIMIT:g}x what their own samples explain "
                        "(the machine's speed changed between rounds)",
+    "short-window": f"GPU utilisation measured over less than {SHORT_WINDOW_S:g} s of measured loops (NVML's samples "
+                    "cover 1/6 s to 1 s each: few of them)",
 }
 
 
@@ -88,7 +93,8 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                 "max_batch": rid.max_batch, "status": r.status, "device": rid.device,
                 "threads": settings.threads if settings is not None else "",
                 "precision": settings.precision if settings is not None else "",
-                "gpu_util_mean_pct": _gpu_mean(r.result.gpu_samples)}
+                "gpu_util_mean_pct": _gpu_mean(r.result.gpu_samples, r.result.gpu_monitor),
+                "gpu_window_s": _round(r.result.gpu_monitor.get("window_s"), 3)}
         if not r.passed:
             out.append({**base, "stage": "total", "n": 0, "flags": r.reason})
             continue
@@ -121,6 +127,9 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                 extra["stage_sum_err"] = round(sum_err, 6)
                 if sum_err > STAGE_SUM_TOL:
                     flags.append("stages!=total")
+                if r.result.gpu_monitor.get("util_mean_pct") is not None and \
+                        float(r.result.gpu_monitor.get("window_s") or 0.0) < SHORT_WINDOW_S:
+                    flags.append("short-window")
             if stage == "inference" and len(gpu_ms):
                 extra["gpu_time_median_ms"] = float(np.median(gpu_ms))
                 if host_below_gpu(r.samples_ns[:, i], gpu_ms):
@@ -164,10 +173,17 @@ def _pct(v: Any) -> str:
         return ""
 
 
-def _gpu_mean(samples: Optional[List[Dict[str, float]]]) -> Any:
-    if not samples:
+def _gpu_mean(samples: Optional[List[Dict[str, float]]], monitor: Dict[str, Any]) -> Any:
+    """NVML's mean utilisation over the measured windows (older runs: the mean of their samples)."""
+    if monitor.get("util_mean_pct") is not None:
+        return round(float(monitor["util_mean_pct"]), 1)
+    if not samples or monitor:
         return ""
     return round(float(np.mean([s["gpu_util_pct"] for s in samples])), 1)
+
+
+def _round(v: Any, digits: int) -> Any:
+    return "" if v is None else round(float(v), digits)
 
 
 def _fmt(v: Any) -> str:
