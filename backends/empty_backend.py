@@ -11,6 +11,16 @@ device-to-host copy into pinned memory, synchronises the stream and returns the 
 `gpu_time_ms` gives the event pair's time. It needs torch with CUDA and a CUDA device (unavailable,
 with the reason, otherwise).
 
+A model our graph cannot express (an ONNX op without a converter: it runs natively elsewhere) has
+no graph to take shapes from. Then the outputs are the family's layout at the row's input size,
+under the file's output names: insightface's per-stride maps [B, 2A|4A|10A, ceil(H/s), ceil(W/s)]
+(A from the file's cls channels where declared, else mnet.25's 2), biubug6's [B, N, 4|2|10] with N
+the priors of that size, with "background" certain in the class outputs. Those are the shapes the
+family decoders accept and decode (a third-party model's shapes cannot be known without running
+it, and ONNX shape inference stops at the usual Shape -> Resize subgraphs), so the row measures
+what it always does: the harness and the family's stages, no network. `settings().extras`
+says which (`outputs_from`: graph | family layout).
+
 Fault injection (a debugging hook for the harness's failure handling, never used in a benchmark):
 option `fault` makes the worker really fail the way runtimes do, after `fault_after` infer calls
 (default 0, i.e. at the first): `segfault` (a real SIGSEGV: reads address 0), `abort` (SIGABRT,
@@ -60,14 +70,23 @@ class EmptyBackend(Backend):
         self._calls = 0
         self._out: Dict[str, np.ndarray] = {}
         self._timer: Any = None
+        self._outputs_from = ""
 
     def load(self, model, batch: int, height: int, width: int) -> None:
+        from retinabench.graph.onnx_import import ConversionError
         if self.spec.cuda:
             self._load_cuda()
-        graph = model.graph()
+        try:
+            graph = model.graph()
+        except ConversionError as e:  # runs natively elsewhere: the family's layout, no graph
+            self._out = _family_no_face(model, batch, height, width, str(e))
+            self.output_names = list(self._out)
+            self._outputs_from = "family layout"
+            return
         shapes = infer_shapes(graph, (batch, 3, height, width))
         self.output_names = list(graph.outputs)
         self._out = {n: _no_face(graph, n, shapes) for n in self.output_names}
+        self._outputs_from = "graph"
 
     def _load_cuda(self) -> None:
         if not self.device.startswith("cuda"):
@@ -120,7 +139,55 @@ class EmptyBackend(Backend):
         s.precision = "none"
         if self.spec.cuda:
             s.extras["floor"] = CUDA_FLOOR_TIMER
+        s.extras["outputs_from"] = self._outputs_from
         return s
+
+
+def _family_no_face(model, batch: int, height: int, width: int, reason: str) -> Dict[str, np.ndarray]:
+    """No-face outputs in the family's layout under the file's output names (file order)."""
+    import math
+
+    from retinabench.errors import ModelError
+    from retinabench.model import biubug6, insightface
+
+    if model.format != "onnx":
+        raise BackendUnavailable(reason)
+    _, outputs = model.io()
+    names = [n for n, _ in outputs]
+    declared = dict(outputs)
+    out: Dict[str, np.ndarray] = {}
+    if model.family == "biubug6":
+        roles = biubug6.output_roles(names)
+        if roles is None:  # by the declared last axis, as the family's recogniser told them apart
+            by_width = {s[-1]: n for n, s in declared.items() if s and len(s) == 3 and s[-1] is not None}
+            roles = {role: by_width.get(w, "") for role, w in (("loc", 4), ("conf", 2), ("landmarks", 10))}
+            if not all(roles.values()):
+                raise BackendUnavailable(f"empty: cannot tell loc/conf/landmarks of {names} "
+                                         f"without the graph ({reason})")
+        count = biubug6.prior_count(height, width)
+        for role, width_ in (("loc", 4), ("conf", 2), ("landmarks", 10)):
+            a = np.zeros((batch, count, width_), np.float32)
+            if role == "conf":
+                a[..., 0] = 1.0  # background, certain
+            out[roles[role]] = a
+    elif model.family == "insightface":
+        try:
+            roles_by_stride = insightface.output_roles(names)
+        except ModelError as e:
+            raise BackendUnavailable(f"empty: {e} ({reason})") from None
+        for stride, (cls, bbox, lmk) in roles_by_stride.items():
+            gh, gw = math.ceil(height / stride), math.ceil(width / stride)
+            shape = declared.get(cls)
+            c = shape[1] if shape is not None and len(shape) == 4 else None
+            anchors = int(c) // 2 if c else 2  # mnet.25: 2 anchors per cell
+            prob = np.zeros((batch, 2 * anchors, gh, gw), np.float32)
+            prob[:, :anchors] = 1.0  # background first, then face (the insightface decoder reads [A:])
+            out[cls] = prob
+            out[bbox] = np.zeros((batch, 4 * anchors, gh, gw), np.float32)
+            out[lmk] = np.zeros((batch, 10 * anchors, gh, gw), np.float32)
+    else:
+        raise BackendUnavailable(f"empty: model family {model.family!r} unknown without the graph ({reason})")
+    return {n: out[n] for n in names if n in out}
 
 
 def _no_face(graph: Graph, name: str, shapes: Dict[str, Tuple[int, ...]]) -> np.ndarray:

@@ -5,6 +5,7 @@ runs one backend per process, so setting them here sets them for the whole row.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -51,7 +52,13 @@ class OpenCVOnnxBackend(Backend):
             if model.format != "onnx":
                 raise ModelError(f"{path}: OpenCV {cv2.__version__} cannot import it ({str(e).strip().splitlines()[-1]})") from None
             # A third-party ONNX (shape subgraphs, dynamic sizes): run our static re-export of its graph.
-            path = onnx_for(model, shape, reexport=True)
+            from retinabench.graph.onnx_import import ConversionError
+            why = _cv_reason(e)
+            try:
+                path = onnx_for(model, shape, reexport=True)
+            except ConversionError as c:  # no graph to re-export: this runtime cannot run the model
+                raise BackendUnavailable(f"OpenCV {cv2.__version__} cannot import {Path(path).name} ({why}) and "
+                                         f"the static re-export it falls back to is impossible: {c}") from None
             net = cv2.dnn.readNetFromONNX(str(path))
             self._reexported = True
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -80,3 +87,12 @@ class OpenCVOnnxBackend(Backend):
 
     def close(self) -> None:
         self._net = None
+
+
+def _cv_reason(e: Exception) -> str:
+    """cv2.error's text in one line: its last non-empty line, without '> ' and OpenCV's source paths."""
+    import re
+    lines = [ln.strip().lstrip(">").strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln]
+    text = re.sub(r"OpenCV\([^)]*\) \S+:\d+: ", "", lines[-1]) if lines else type(e).__name__
+    return text[:200]

@@ -4,26 +4,38 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from retinabench.errors import BenchError
 
 
-def resolve_model(value: str) -> Path:
-    """An existing model whose files parse: a corrupt model is an error before any worker starts."""
+def resolve_model(value: str, family: Optional[str] = None) -> Path:
+    """An existing model whose files parse: a corrupt model is an error before any worker starts.
+
+    A valid model that our graph cannot express is accepted (the runtimes that load its format run
+    it; rows that need the graph are unavailable with the reason). Its family must then be known:
+    `family` (the scenario's), or recognised from an ONNX file's inputs and outputs. Without
+    `family`, an unrecognised one is left to the caller that knows the scenario (run_scenario's
+    open_model refuses it before any row).
+    """
     from retinabench.model.source import open_model
     if value == "default":
         from retinabench.defaults import default_model_path
         path = default_model_path()
     else:
         path = Path(os.path.expanduser(value))
-    open_model(path).check()  # names what is missing, truncated or inconsistent
+    # names what is missing, truncated or inconsistent
+    open_model(path, family, require_family=family is not None).check()
     return path
 
 
 def resolve_images(values: Sequence[str]) -> List[Path]:
-    """Existing, decodable images; 'default' is the PyPI-shipped photo (retinabench.defaults)."""
-    import cv2
+    """Existing images that decode whole; 'default' is the PyPI-shipped photo (retinabench.defaults).
+
+    A truncated or corrupt file (the decoder reports damage and would return a partly grey image)
+    is an error naming the file, before any row runs (retinabench.model.images.load_image).
+    """
+    from retinabench.model.images import load_image
     if not values:
         raise BenchError("no images given")
     paths = []
@@ -33,15 +45,7 @@ def resolve_images(values: Sequence[str]) -> List[Path]:
             p = default_image_path()
         else:
             p = Path(os.path.expanduser(v))
-        if not p.exists():
-            raise BenchError(f"image {p} does not exist")
-        if not p.is_file():
-            raise BenchError(f"image {p} is not a file")
-        if not os.access(p, os.R_OK):
-            raise BenchError(f"image {p} is not readable")
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None or img.size == 0:
-            raise BenchError(f"image {p} cannot be decoded as an image")
+        load_image(p)
         paths.append(p.resolve())
     return paths
 

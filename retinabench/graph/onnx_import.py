@@ -8,6 +8,12 @@ a nearest Resize to the size of tensor `r` becomes `upsample_nearest` + `crop_li
 any input: 2n or 2n-1 rows, as mnet.25's UpSampling + Crop). Anything else that only depends on
 constants is evaluated with onnx's reference evaluator, at the fixed `input_shape` where a shape
 must become a number.
+
+What the IR cannot express (an op without a converter, an attribute form the IR lacks) is a
+`ConversionError` naming the op and the node: the file is a valid model that the runtimes which
+load ONNX themselves can still run; only rows that need our graph are unavailable. A file that
+is cut short or inconsistent stays a plain ModelError (refused before any row): when the walk
+stops, `integrity_failure` tells the two apart.
 """
 from __future__ import annotations
 
@@ -18,10 +24,30 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from retinabench.errors import ModelError
+from retinabench.errors import BackendUnavailable, ModelError
 from retinabench.graph.ir import Graph, Node, infer_shapes
 
 DEFAULT_HW = (640, 640)  # used for folding only when the model's input size is dynamic
+
+
+class ConversionError(BackendUnavailable, ModelError):
+    """A valid model that uses something outside the IR: `conversion needs <op> (node <name>)`.
+
+    A ModelError (it is about the model) and a BackendUnavailable (a row that needs the graph is
+    `unavailable` with this one line as its reason, while runtimes that load the file natively run).
+    """
+
+    def __init__(self, op: str, node: str, detail: str = ""):
+        self.op, self.node, self.detail = op, node, detail
+        text = f"conversion needs {op} (node {node})"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self):  # pickles with its own arguments, not the message
+        return (type(self), (self.op, self.node, self.detail))
+
+
+class _Malformed(ModelError):
+    """A node whose inputs are missing: a cut-short or inconsistent file, never a conversion gap."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +60,27 @@ class Dim:
 
 def load_onnx(path: Path, input_shape: Optional[Sequence[int]] = None) -> Graph:
     """Read an ONNX file into a Graph; `input_shape` (N, 3, H, W) is the size used for folding."""
+    path = Path(path)
+    model = read_onnx(path)
+    try:
+        graph = _Importer(model, input_shape, str(path)).run()
+        graph.validate()
+    except ConversionError:
+        invalid = integrity_failure(model)
+        if invalid:  # the walk stopped on damage, not on a gap in the IR
+            raise ModelError(f"{path}: not a valid ONNX model ({invalid})") from None
+        raise
+    except ModelError as e:  # a file that parses but is cut short fails here too: name the file
+        raise ModelError(f"{path}: {e}") from None
+    return graph
+
+
+def read_onnx(path: Path, load_external_data: bool = True):
+    """The file's ModelProto; a file that does not parse is one line naming it."""
     import onnx
 
-    path = Path(path)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from None
     except Exception as e:  # protobuf's DecodeError and friends: a corrupt or truncated file
@@ -46,12 +88,34 @@ def load_onnx(path: Path, input_shape: Optional[Sequence[int]] = None) -> Graph:
         raise ModelError(f"{path}: not a valid ONNX model ({first})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not a valid ONNX model (no graph nodes)")
-    try:
-        graph = _Importer(model, input_shape, str(path)).run()
-        graph.validate()
-    except ModelError as e:  # a file that parses but is cut short fails here too: name the file
-        raise ModelError(f"{path}: {e}") from None
-    return graph
+    return model
+
+
+def integrity_failure(model) -> str:
+    """'' when the model hangs together, else what is broken: what a cut-short or mangled file shows.
+
+    Every node input comes from an earlier node, an initializer or a graph input; every graph
+    output is produced; an ONNX opset is recorded (it is serialised after the graph: a file cut
+    inside the graph loses it); every ONNX-domain op exists. Not onnx's checker: it also refuses
+    models that every runtime runs (a graph output declared without a shape, for one).
+    """
+    import onnx
+
+    g = model.graph
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        return "no ONNX opset recorded"
+    known = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for n in g.node:
+        for i in n.input:
+            if i and i not in known:
+                return f"node {n.name!r} ({n.op_type}): input {i!r} comes from no earlier node, initializer or input"
+        if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type):
+            return f"node {n.name!r}: {n.op_type!r} is not an ONNX op"
+        known.update(o for o in n.output if o)
+    for o in g.output:
+        if o.name not in known:
+            return f"graph output {o.name!r} is produced by nothing"
+    return ""
 
 
 def _attrs(node) -> Dict[str, object]:
@@ -136,13 +200,17 @@ class _Importer:
     def run(self) -> Graph:
         for node in self.model.graph.node:
             if node.domain not in ("", "ai.onnx"):
-                raise ModelError(f"node {node.name!r}: op {node.domain}.{node.op_type} is not supported")
+                raise ConversionError(f"{node.domain}.{node.op_type}", node.name, "not an ONNX-domain op")
             ins = [i for i in node.input]
             try:
                 if any(i and i in self.ir for i in ins):
                     self._runtime(node, ins)
                 else:
                     self._fold(node, ins)
+            except (ConversionError, _Malformed):
+                raise
+            except ModelError as e:  # a form the IR lacks: name the op and the node, then what
+                raise ConversionError(node.op_type, node.name, _detail(str(e), node)) from None
             except (KeyError, ValueError, IndexError, TypeError, AttributeError) as e:  # malformed attributes
                 text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 raise ModelError(f"node {node.name!r} ({node.op_type}): cannot convert "
@@ -153,7 +221,7 @@ class _Importer:
 
     def _output(self, name: str) -> str:
         if name not in self.ir:
-            raise ModelError(f"graph output {name!r} is a constant, not computed from the image")
+            raise _Malformed(f"graph output {name!r} is a constant, not computed from the image")
         ir_name = self.ir[name]
         if ir_name != name:  # an Identity as graph output: a no-op reshape carries the name
             self.add(Node(name, "reshape", [ir_name], dict(shape=(0,) * len(self.shape(ir_name)))))
@@ -164,7 +232,7 @@ class _Importer:
         vals = [self.value(i) if i else None for i in ins]
         for i, v in zip(ins, vals):
             if i and v is None:
-                raise ModelError(f"node {node.name!r} ({node.op_type}): input {i!r} is produced by nothing")
+                raise _Malformed(f"node {node.name!r} ({node.op_type}): input {i!r} is produced by nothing")
         if any(v is not None and v.dtype == object for v in vals):
             out = self._fold_symbolic(node, vals)
             if out is not None:
@@ -220,7 +288,7 @@ class _Importer:
         x = self.tensor(ins[0], node)
         handler = getattr(self, "_op_" + op, None)
         if handler is None:
-            raise ModelError(f"node {node.name!r}: ONNX op {op!r} is not supported by the converter")
+            raise ConversionError(op, node.name)
         if any(o for o in node.output[1:]):
             raise ModelError(f"node {node.name!r} ({op}): only the first output is supported")
         self.ir[out] = handler(node, a, ins, x, out)
@@ -400,6 +468,14 @@ def nearest_source_index(n: int, out: int, transform: str, rounding: str) -> np.
     else:
         raise ModelError(f"Resize nearest_mode={rounding!r} is not supported")
     return np.clip(idx, 0, n - 1).astype(np.int64)
+
+
+def _detail(message: str, node) -> str:
+    """An importer message without its leading "node 'name' (Op): ", which the reason already says."""
+    for prefix in (f"node {node.name!r} ({node.op_type}): ", f"node {node.name!r}: "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
 
 def _pair(v, default: int) -> Tuple[int, int]:

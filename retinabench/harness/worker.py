@@ -37,15 +37,10 @@ PER_CALL_METRICS = ("gpu_time_ms", "gpu_preprocess_ms", "gpu_postprocess_ms")
 
 
 def _load_images(paths: List[str]) -> List[Any]:
-    import cv2
-    from retinabench.errors import BenchError
-    images = []
-    for p in paths:
-        img = cv2.imread(p, cv2.IMREAD_COLOR)
-        if img is None:
-            raise BenchError(f"image {p} cannot be read as an image")
-        images.append(img)
-    return images
+    # The main process checked them (cli.common.resolve_images); the same function decodes them
+    # here, so a file damaged since then fails this row with the same one line.
+    from retinabench.model.images import load_image
+    return [load_image(p) for p in paths]
 
 
 class Channel:
