@@ -31,7 +31,7 @@ measured loop.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -48,12 +48,15 @@ class TorchVariant:
     dtype: str = "float32"         # torch dtype name the module and input run in
     channels_last: bool = False
     fold_batchnorm: bool = False   # fewer kernels; changes weights by float rounding
-    runner: str = "eager"          # eager | graph (CUDA graph) | compile (torch.compile in a CUDA graph)
+    runner: str = "eager"          # eager | graph (CUDA graph) | compile (torch.compile; in a CUDA graph on CUDA)
     device_stages: bool = False    # preprocessing and decode + NMS on the GPU
+    timing: str = "staged"         # staged | e2e | throughput (retinabench.model.device.pipelined)
+    host_resize: bool = False      # resize on host threads into pinned memory, upload the small images
+    devices: str = "cuda"          # where it runs: cuda | cpu | any
 
     @property
     def cuda_only(self) -> bool:
-        return self.runner != "eager" or self.device_stages or self.dtype != "float32"
+        return self.devices == "cuda"
 
     @property
     def precision(self) -> str:
@@ -62,13 +65,25 @@ class TorchVariant:
 
 # The default variant is the parity row: float32, batch norm as in the source, TF32 off on CUDA.
 VARIANTS: Dict[str, TorchVariant] = {
-    "default": TorchVariant(),
+    "default": TorchVariant(devices="any"),
+    # The CPU as torch's experts run it: channels_last, batch norm folded, and torch.compile (inductor's
+    # C++ backend, needs a compiler; its compile time is recorded).
+    "channels-last": TorchVariant("float32", True, True, devices="cpu"),
+    "channels-last-compile": TorchVariant("float32", True, True, "compile", devices="cpu"),
     "f16": TorchVariant("float16", True, True),
     "graph": TorchVariant("float16", True, True, "graph"),
     "compile": TorchVariant("float16", True, True, "compile"),
     "pipe-f32": TorchVariant("float32", False, True, "graph", True),
     "pipe": TorchVariant("float16", True, True, "graph", True),
     "pipe-compile": TorchVariant("float16", True, True, "compile", True),
+    # The same pipeline timed end to end (one synchronisation per loop; stages from CUDA events).
+    "pipe-compile-e2e": TorchVariant("float16", True, True, "compile", True, timing="e2e"),
+    # Two batches in flight: per-batch time is wall time / batches (batch sweeps).
+    "pipe-compile-tput": TorchVariant("float16", True, True, "compile", True, timing="throughput"),
+    # Resize on host threads into pinned memory, upload the small images (upload-bound batches).
+    "pipe-compile-hostresize": TorchVariant("float16", True, True, "compile", True, host_resize=True),
+    "pipe-compile-hostresize-tput": TorchVariant("float16", True, True, "compile", True, timing="throughput",
+                                                 host_resize=True),
 }
 
 
@@ -87,7 +102,8 @@ class TorchBackend(DeviceStages, Backend):
         super().__init__(*args, **kwargs)
         spec: TorchVariant = self.spec
         # pipe-compile compiles its stages too; the other pipes capture them eagerly (no compile time per shape)
-        self.init_device_stages(spec.device_stages, compile_by_default=spec.runner == "compile")
+        self.init_device_stages(spec.device_stages, compile_by_default=spec.runner == "compile",
+                                host_resize=spec.host_resize, timing=spec.timing)
         self.model_compile_s: Optional[float] = None
         self._torch: Any = None
         self._module: Any = None
@@ -95,7 +111,10 @@ class TorchBackend(DeviceStages, Backend):
         self._outs: Any = None
         self._host: Any = None
         self._timer: Any = None
+        self._run: Any = None
+        self._shape: Any = None
         self._cuda = False
+        self.compile_cache: Dict[str, int] = {}
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         import torch
@@ -103,6 +122,8 @@ class TorchBackend(DeviceStages, Backend):
 
         spec: TorchVariant = self.spec
         if self.device.startswith("cuda"):
+            if spec.devices == "cpu":
+                raise BackendUnavailable(f"torch variant {self.variant!r} is a CPU variant (device is {self.device!r})")
             if not torch.cuda.is_available():
                 raise BackendUnavailable(f"torch {torch.__version__}: no CUDA device")
         elif spec.cuda_only:
@@ -125,18 +146,26 @@ class TorchBackend(DeviceStages, Backend):
         module = to_torch(model.graph(), fold_batchnorm=spec.fold_batchnorm).to(self._dev, self._dtype)
         self._module = module.to(memory_format=self._format).eval()
         self.output_names = list(module.output_names)
+        self._shape = (batch, 3, height, width)
+        from retinabench.model.device.cuda import compile_cache_counts, compiled
+        run: Any = self._module
+        if spec.runner == "compile":
+            before = compile_cache_counts()
+            with torch.inference_mode():
+                run, self.model_compile_s = compiled(self._module, self._new_input())
+            after = compile_cache_counts()
+            self.compile_cache = {k: after[k] - before.get(k, 0) for k in after}
+        self._run = run
         if not self._cuda:
             return
-        from retinabench.model.device.cuda import GpuTimer, capture, compiled
+        from retinabench.model.device.cuda import GpuTimer, capture
 
         self._timer = GpuTimer(NETWORK_TIMER)
+        if spec.timing != "staged":  # the pipeline's slots build their own inputs and graphs (model_slots)
+            return
         # The network's input: the graph reads it, GPU preprocessing writes it, host blobs are copied in.
-        x = torch.zeros((batch, 3, height, width), dtype=self._dtype, device=self._dev)
-        self.device_input = x.contiguous(memory_format=self._format)
+        self.device_input = self._new_input()
         with torch.inference_mode():
-            run: Any = self._module
-            if spec.runner == "compile":
-                run, self.model_compile_s = compiled(self._module, self.device_input)
             if spec.runner in ("graph", "compile"):
                 self._graph, self._outs = capture(lambda: run(self.device_input))
             # Outputs come back into pinned float32 buffers: one sync for all of them.
@@ -144,13 +173,38 @@ class TorchBackend(DeviceStages, Backend):
             self._host = [torch.empty(o.shape, dtype=torch.float32, pin_memory=True) for o in outs]
         torch.cuda.synchronize()
 
+    def _new_input(self) -> Any:
+        x = self._torch.zeros(self._shape, dtype=self._dtype, device=self._dev)
+        return x.contiguous(memory_format=self._format)
+
+    def model_slots(self, count: int) -> List[Tuple[Any, Callable[[], Dict[str, Any]], Any, Any]]:
+        """Per slot of a pipelined variant: its own input, CUDA graph of the network, timer and stream."""
+        torch = self._torch
+        from retinabench.model.device.cuda import GpuTimer, capture
+        slots = []
+        for _ in range(count):
+            x = self._new_input()
+            with torch.inference_mode():
+                graph, outs = capture(lambda x=x: self._run(x))
+            timer = GpuTimer(NETWORK_TIMER)
+
+            def run_model(graph: Any = graph, outs: Any = outs, timer: Any = timer) -> Dict[str, Any]:
+                timer.start()
+                graph.replay()
+                timer.stop()
+                return dict(zip(self.output_names, outs))
+            slots.append((x, run_model, timer, torch.cuda.Stream(self._dev)))
+        torch.cuda.synchronize()
+        return slots
+
     def infer(self, blob: Any) -> Dict[str, Any]:
         torch = self._torch
         spec: TorchVariant = self.spec
         with torch.inference_mode():
             if not self._cuda:
-                outs = self._module(torch.from_numpy(blob).to(self._dtype))
-                return {name: o.float().numpy() for name, o in zip(self.output_names, outs)}
+                x = torch.from_numpy(blob).to(self._dtype).contiguous(memory_format=self._format)
+                outs = self._run(x)
+                return {name: o.float().contiguous().numpy() for name, o in zip(self.output_names, outs)}
             x = self.device_input
             if isinstance(blob, np.ndarray):
                 if spec.runner == "eager":
@@ -200,13 +254,14 @@ class TorchBackend(DeviceStages, Backend):
         s = super().settings()
         s.threads = torch.get_num_threads()
         s.precision = spec.precision
-        s.extras.update({k: v for k, v in asdict(spec).items() if k != "device_stages"})
+        s.extras.update({k: v for k, v in asdict(spec).items() if k not in ("device_stages", "timing")})
         self.apply_device_stage_settings(s)  # device_stages and the stages' extras, as TensorRT's fp16-pipe
         if self._cuda:
             s.extras.update(tf32=bool(torch.backends.cudnn.allow_tf32),
                             cudnn_benchmark=bool(torch.backends.cudnn.benchmark))
-            if self.model_compile_s is not None:
-                s.extras["model_compile_s"] = round(float(self.model_compile_s), 3)
+        if self.model_compile_s is not None:
+            s.extras["model_compile_s"] = round(float(self.model_compile_s), 3)
+            s.extras["compile_cache"] = dict(self.compile_cache)   # inductor's FX-graph cache hits and misses
         return s
 
     def close(self) -> None:

@@ -212,6 +212,9 @@ class RowSettings:
     precision: str = ""                 # f32 | f16 | bf16 | none; "" where the backend does not say
     threads: Optional[int] = None       # intra-op threads the runtime used
     device_stages: bool = False
+    # staged: a synchronisation at each stage boundary (stage columns are host intervals); e2e and
+    # throughput: one per loop, stage columns are CUDA-event times (retinabench.model.device.pipelined)
+    timing: str = "staged"
     upsample: str = ""                  # Caffe rows: exact | bilinear | as in model
     extras: Dict[str, Any] = field(default_factory=dict)   # backend-specific, recorded, not interpreted
 

@@ -54,10 +54,33 @@ def flags_legend(run: RunData) -> str:
     return ("Flags: " + "; ".join(notes) + ".") if notes else ""
 
 
+def has_timings(run: RunData) -> bool:
+    """Some row was timed end to end or for throughput (its stage columns are CUDA-event times)."""
+    return any(s.get("timing") not in ("", None, "staged") for s in run.summary)
+
+
+def _timing(run: RunData, rid: RowId) -> str:
+    return next((str(s["timing"]) for s in run.lines(rid) if s.get("timing")), "–")
+
+
+def timing_note(run: RunData) -> str:
+    if not has_timings(run):
+        return ""
+    return ("Timing: *staged* rows synchronise at each stage boundary, as the original tables did (stage columns "
+            "are host intervals that add up to the total); *e2e* rows synchronise once per loop: the total is the "
+            "latency from the uint8 image in host memory to the faces in host memory, and the stage columns are "
+            "CUDA-event times on the stream (upload + preprocessing, network, decode + NMS + copy back); "
+            "*throughput* rows keep two batches in flight: the total is the time between two batches' "
+            "completions (its mean is wall time / batches), the stage columns are the completed batch's CUDA-event "
+            "times.")
+
+
 def speed_table(run: RunData) -> str:
     sweep, gpu = is_sweep(run), has_gpu(run)
+    timings = has_timings(run)
     order = ["total", "preprocess", "inference", "postprocess"]  # the original tables' column order
     headers = ["backend", "variant"] + (["batch", "max batch"] if sweep else []) + ["status", "device, precision", "threads"]
+    headers += ["timing"] if timings else []
     headers += [f"{s} ms" for s in order] + (["per image ms"] if sweep else []) + ["images/s"]
     gpu_time = has_gpu_time(run)
     ratios = has_ratios(run.summary)
@@ -72,6 +95,7 @@ def speed_table(run: RunData) -> str:
         line = [r["backend"], variant_cell(run, rid)]
         line += [r["batch"], r["max_batch"]] if sweep else []
         line += [status_cell(r["status"], reason), _device(run, rid), r["threads"] or "–"]
+        line += [_timing(run, rid)] if timings else []
         line += [_stage_cell(r.get(s)) for s in order]
         line += [ms(t["per_image_median_ms"]) if t else "–"] if sweep else []
         line += [f"{t['images_per_s']:.1f}" if t and t.get("images_per_s") != "" else "–"]
@@ -114,7 +138,12 @@ def fastest_sentences(run: RunData) -> List[str]:
     batch = min(r["batch"] for r in rows)
     at = [r for r in rows if r["batch"] == batch]
     where = f" at batch {batch}" if is_sweep(run) else ""
-    kinds = {False: [r for r in at if not _on_device(run, r["row"])], True: [r for r in at if _on_device(run, r["row"])]}
+    # e2e and throughput rows' stage columns are CUDA-event times: stages rank among staged rows only;
+    # a throughput row's total is not a latency: totals rank among the others.
+    staged = [r for r in at if _timing(run, r["row"]) in ("staged", "–")]
+    latency = [r for r in at if _timing(run, r["row"]) != "throughput"]
+    kinds = {False: [r for r in staged if not _on_device(run, r["row"])],
+             True: [r for r in staged if _on_device(run, r["row"])]}
     mixed = bool(kinds[False]) and bool(kinds[True])
     out = []
     for stage in STAGES[:3]:
@@ -128,8 +157,9 @@ def fastest_sentences(run: RunData) -> List[str]:
                 out.append(f"**{stage}**{what}: the same shared code in every row ({ms(lo)} to {ms(hi)} ms)")
                 continue
             out.append(_ranking(members, lambda r, st=stage: r[st]["median_ms"], stage, f"{what}{where}"))
-    out.append(_ranking(at, lambda r: r["total"]["median_ms"], "total", where))
-    timed = [r for r in at if _gpu_time(run, r["row"]) not in ("", None)]
+    if latency:
+        out.append(_ranking(latency, lambda r: r["total"]["median_ms"], "total", where))
+    timed = [r for r in staged if _gpu_time(run, r["row"]) not in ("", None)]
     if mixed and timed:
         out.append(_ranking(timed, lambda r: float(_gpu_time(run, r["row"])), "network on the GPU", f" (CUDA events){where}"))
     if is_sweep(run):
@@ -203,7 +233,7 @@ def speed_section(run: RunData, link_base: Path) -> str:
              speed_table(run), "",
              " ".join(t for t in ("Times are per batch, in milliseconds: median (p90, p99). Threads: the intra-op "
                                   "threads each backend was given.", schedule_line(run), ratio_note(run),
-                                  flags_legend(run)) if t)]
+                                  timing_note(run), flags_legend(run)) if t)]
     if has_gpu(run):
         parts += ["", "GPU util %: NVML's mean utilisation during the measured loops, the share of time at least one "
                       "kernel was running (busy, not how many SMs were used)."]

@@ -68,6 +68,10 @@ class GpuTimer:
     def stop(self) -> None:
         self._end.record()
 
+    def elapsed(self) -> float:
+        """The last call's elapsed GPU time in ms (after the stream or its end event was waited for)."""
+        return float(self._start.elapsed_time(self._end))
+
     def read(self) -> None:
         """Call after the stream was synchronised: appends this call's elapsed GPU time (not inside `untimed`)."""
         if _UNTIMED:
@@ -76,11 +80,25 @@ class GpuTimer:
 
 
 def compiled(fn: Callable[..., Any], *example: Any) -> Tuple[Callable[..., Any], float]:
-    """(torch.compile(fn), seconds the first call took): static shapes, whole graph or an error."""
+    """(torch.compile(fn), seconds the first call took): static shapes, whole graph or an error.
+
+    On CUDA or the CPU (inductor's C++ backend there); inductor's caches live where
+    TORCHINDUCTOR_CACHE_DIR says (the worker points it at <repo>/.cache/inductor), so a second row
+    or run of the same shape reuses the compiled kernels: compile_cache_counts() tells which."""
     import torch
 
     out = torch.compile(fn, fullgraph=True, dynamic=False)
     t0 = time.perf_counter()
     out(*example)
-    torch.cuda.synchronize()
+    if any(getattr(x, "is_cuda", False) for x in example):
+        torch.cuda.synchronize()
     return out, time.perf_counter() - t0
+
+
+def compile_cache_counts() -> dict:
+    """inductor's cache hits and misses so far in this process (FX graph and AOT autograd caches)."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # an old torch: nothing to say
+        return {}
+    return {k: int(v) for k, v in counters["inductor"].items() if "cache" in k}

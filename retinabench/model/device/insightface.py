@@ -186,6 +186,7 @@ class DevicePostprocessor:
             fn, self.compile_s = compiled(fn, *outs)
         self._graph, self._result = capture(lambda: fn(*self._static))
         self._host = torch.empty(self._result.shape, dtype=torch.float32, pin_memory=True)
+        self._done = torch.cuda.Event()
 
     def _set_bounds(self, metas: Sequence[ImageMeta]) -> None:
         key = tuple((m.content_width, m.content_height) for m in metas)
@@ -211,8 +212,22 @@ class DevicePostprocessor:
             return self._run(outputs, metas)
 
     def _run(self, outputs: Dict[str, Any], metas: List[ImageMeta]) -> List[Faces]:
-        import torch
+        self._enqueue(outputs, metas)
+        return self._collect(outputs, metas, wait_stream=True)
 
+    def enqueue(self, outputs: Dict[str, Any], metas: List[ImageMeta]) -> None:
+        """Decode + NMS and the copy back queued on the current stream; `collect` waits and decodes faces."""
+        import torch
+        with torch.inference_mode():
+            self._enqueue(outputs, metas)
+
+    def collect(self, outputs: Dict[str, Any], metas: List[ImageMeta]) -> List[Faces]:
+        """Wait for the queued work (its own event, not the whole device) and turn the rows into faces."""
+        import torch
+        with torch.inference_mode():
+            return self._collect(outputs, metas, wait_stream=False)
+
+    def _enqueue(self, outputs: Dict[str, Any], metas: List[ImageMeta]) -> None:
         outs = [outputs[n] for n in self.names]
         if not self._built:
             import time
@@ -221,18 +236,27 @@ class DevicePostprocessor:
             self.build_s = time.perf_counter() - t0
         self._set_bounds(metas)
         if not self._cuda:
-            result = decode_topk(outs, self._anchors, self._bounds, self.cfg).numpy()
-        else:
-            for s, o in zip(self._static, outs):
-                if s.data_ptr() != o.data_ptr():  # eager outputs: bring them into the graph's inputs
-                    s.copy_(o)
-            self.timer.start()
-            self._graph.replay()
-            self._host.copy_(self._result, non_blocking=True)
-            self.timer.stop()
+            self._cpu_result = decode_topk(outs, self._anchors, self._bounds, self.cfg).numpy()
+            return
+        for s, o in zip(self._static, outs):
+            if s.data_ptr() != o.data_ptr():  # eager outputs: bring them into the graph's inputs
+                s.copy_(o)
+        self.timer.start()
+        self._graph.replay()
+        self._host.copy_(self._result, non_blocking=True)
+        self.timer.stop()
+        self._done.record()
+
+    def _collect(self, outputs: Dict[str, Any], metas: List[ImageMeta], wait_stream: bool) -> List[Faces]:
+        import torch
+        if not self._cuda:
+            return self._faces(self._cpu_result, outputs, metas)
+        if wait_stream:
             torch.cuda.current_stream().synchronize()
-            self.timer.read()
-            result = self._host.numpy().copy()  # the pinned buffer is rewritten next loop
+        else:
+            self._done.synchronize()
+        self.timer.read()
+        result = self._host.numpy().copy()  # the pinned buffer is rewritten next loop
         return self._faces(result, outputs, metas)
 
     def _faces(self, result: np.ndarray, outputs: Dict[str, Any], metas: List[ImageMeta]) -> List[Faces]:

@@ -26,7 +26,7 @@ the worker records as `stage_build_s`. Its pass leaves no GPU-timer entry (cuda.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from retinabench.errors import BackendUnavailable
@@ -63,6 +63,8 @@ class DeviceStageOptions:
     max_faces: int = 64            # kept faces copied back per image
     nms_iterations: int = 8        # rounds of the fixed-point NMS before an image falls back to the host
     compile_stages: Optional[bool] = None   # torch.compile the stages too (None: the variant's default)
+    # how images reach the device (retinabench.model.device.preprocess); the choices are validated
+    upload: str = field(default="pinned", metadata={"choices": ("pinned", "banded", "pageable")})
 
 
 class DeviceStages:
@@ -72,13 +74,18 @@ class DeviceStages:
     options: Any
     device: str
 
-    def init_device_stages(self, on_device: bool, compile_by_default: bool) -> None:
+    def init_device_stages(self, on_device: bool, compile_by_default: bool, host_resize: bool = False,
+                           timing: str = "staged") -> None:
+        """`timing`: staged (a synchronisation per stage), e2e or throughput (retinabench.model.device.pipelined)."""
         self.stages_on_device = on_device
         compile_stages = self.options.compile_stages
         self.compile_stages = compile_by_default if compile_stages is None else bool(compile_stages)
+        self.host_resize = host_resize
+        self.timing = timing
         self.device_input = None
         self._pre: Any = None
         self._post: Any = None
+        self._pipeline: Any = None
 
     def check_device_stages(self, model: Any) -> None:
         """At the top of load(): a variant with device stages needs its family's device decoder; say so
@@ -94,21 +101,47 @@ class DeviceStages:
     def device_preprocess(self, family: Any, mode: str, size: Optional[Tuple[int, int]]) -> Any:
         if not self.stages_on_device:
             return None
-        from retinabench.model.device.preprocess import DevicePreprocessor
-        self._pre = DevicePreprocessor(self.device_input, family.normalization, mode, size, self.compile_stages)
+        self._pre = self._preprocessor(self.device_input, family, mode, size)
         return self._pre
+
+    def _preprocessor(self, target: Any, family: Any, mode: str, size: Optional[Tuple[int, int]]) -> Any:
+        from retinabench.model.device.preprocess import DevicePreprocessor
+        return DevicePreprocessor(target, family.normalization, mode, size, self.compile_stages,
+                                  upload=self.options.upload, host_resize=self.host_resize)
+
+    def model_slots(self, count: int) -> List[Tuple[Any, Callable[[], Dict[str, Any]], Any, Any]]:
+        """(input tensor, run_model, network timer, stream) per slot: the backend's network for
+        pipelined timing (each slot its own input, outputs and CUDA graph). Backends that offer
+        e2e or throughput variants implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no pipelined variants")
+
+    def device_pipeline(self, family: Any, mode: str, size: Optional[Tuple[int, int]], output_names: List[str],
+                        threshold: float) -> Any:
+        """For e2e and throughput variants: the pipeline the worker measures instead of three stages."""
+        if not self.stages_on_device or self.timing == "staged":
+            return None
+        from retinabench.model.device.pipelined import PipelinedStages, Slot
+        depth = 1 if self.timing == "e2e" else 2
+        slots = [Slot(self._preprocessor(x, family, mode, size), run, timer, self._decoder(family, output_names,
+                                                                                          threshold), stream)
+                 for x, run, timer, stream in self.model_slots(depth)]
+        self._pre, self._post = slots[0].pre, slots[0].post   # for the recorded build and compile times
+        self._pipeline = PipelinedStages(slots, depth)
+        return self._pipeline
 
     def device_postprocess(self, family: Any, output_names: List[str], threshold: float) -> Any:
         if not self.stages_on_device:
             return None
+        self._post = self._decoder(family, output_names, threshold)
+        return self._post
+
+    def _decoder(self, family: Any, output_names: List[str], threshold: float) -> Any:
         if family.make_device_decoder is None:
             raise BackendUnavailable(f"the {family.name} family has no device decode + NMS "
                                      "(it is written for the insightface family)")
         o = self.options
-        self._post = family.make_device_decoder(output_names, threshold, candidates=o.candidates,
-                                                max_faces=o.max_faces, nms_iterations=o.nms_iterations,
-                                                compile_stage=self.compile_stages)
-        return self._post
+        return family.make_device_decoder(output_names, threshold, candidates=o.candidates, max_faces=o.max_faces,
+                                          nms_iterations=o.nms_iterations, compile_stage=self.compile_stages)
 
     def host_outputs(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
         """Device outputs as float32 numpy arrays, for the accuracy comparison (outside the loop)."""
@@ -121,7 +154,8 @@ class DeviceStages:
         `*_build_s` is a stage's whole one-time cost (buffers, compile, CUDA-graph capture), `*_compile_s`
         the torch.compile part of it (0.0 when the stages are captured uncompiled).
         """
-        s: Dict[str, Any] = {"compile_stages": self.compile_stages} if self.stages_on_device else {}
+        s: Dict[str, Any] = ({"compile_stages": self.compile_stages, "upload": self.options.upload,
+                              "host_resize": self.host_resize} if self.stages_on_device else {})
         if self._pre is not None:
             s["preprocess_build_s"] = round(sum(self._pre.build_s), 3)
             s["preprocess_compile_s"] = round(sum(self._pre.compile_s), 3)
@@ -134,14 +168,17 @@ class DeviceStages:
         return s
 
     def apply_device_stage_settings(self, settings: Any) -> Any:
-        """Fill a RowSettings' shared pipeline part: the declared `device_stages` and the stage extras."""
+        """Fill a RowSettings' shared pipeline part: the declared `device_stages` and `timing`, and the stage extras."""
         settings.device_stages = bool(self.stages_on_device)
+        settings.timing = self.timing
         settings.extras.update(self.device_stage_settings())
         return settings
 
     def gpu_metrics(self, network_timer: Any) -> Dict[str, Any]:
         """CUDA-event times of the network and of each device stage, per call in call order (warmup
         calls first, then the measured ones; the build pass adds none), with what each covers."""
+        if self._pipeline is not None:  # pipelined timing: the pipeline's per-loop times of completed batches
+            return self._pipeline.metrics()
         m: Dict[str, Any] = {"gpu_time_ms": list(network_timer.times_ms), "gpu_times_include_warmup": True}
         coverage = {"gpu_time_ms": network_timer.label}
         if self._pre is not None and self._pre.timer is not None:

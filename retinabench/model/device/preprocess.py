@@ -1,10 +1,19 @@
 """Preprocessing on the device: uint8 images in host memory -> the network's input tensor.
 
-Per loop, each image is copied into a pinned uint8 staging buffer (on a few threads) and uploaded as
-soon as it is there (uploads overlap the copies still running); one CUDA graph then resizes
-(bilinear, as cv2.INTER_LINEAR, rounded to uint8 levels like cv2's output), reorders BGR to the
-family's channel order, normalises, pads bottom/right with zeros and writes the network's dtype and
-memory format. The stage ends with a stream synchronisation: the input exists when it returns.
+Per loop, each image reaches the device by one of three uploads (option `upload`):
+- `pinned` (default): torch's own parallel copy into a pinned staging buffer, then an asynchronous
+  upload (the fastest of the three on the H200 machine, measured after torch.compile had run:
+  tools/upload_probe.py);
+- `banded`: numpy copies of row bands on a thread pool into the pinned buffer, each image uploaded
+  as soon as its bands are there;
+- `pageable`: a plain copy from the image's own (pageable) memory to the device.
+With `host_resize`, the images are resized on host threads (cv2.resize, exactly the numpy
+Preprocessor's resize) straight into pinned memory and only the small images are uploaded.
+One CUDA graph then resizes (bilinear, as cv2.INTER_LINEAR, rounded to uint8 levels like cv2's
+output; skipped after a host resize), reorders BGR to the family's channel order, normalises, pads
+bottom/right with zeros and writes the network's dtype and memory format. Called, the stage ends
+with a stream synchronisation (the input exists when it returns); `enqueue` leaves the work queued
+on the current stream, for pipelines timed end to end (retinabench.model.device.pipelined).
 
 Its GPU timer (`gpu_preprocess_ms`) covers the stage's device work, transfer included: from the
 first image's upload to the end of the graph (PREPROCESS_TIMER says so in the record). With several
@@ -29,6 +38,7 @@ PREPROCESS_TIMER = ("upload + resize/normalise graph: from the first image's hos
                     "of the graph (later uploads overlap host copies still running; no host copy before the first)")
 _COPY_THREADS = 8  # host copies into pinned memory run on this many threads at most
 _BANDS = 4         # a batch of one image is copied as this many row bands
+UPLOADS = ("pinned", "banded", "pageable")
 
 
 def norm_tensors(norm: Normalization, device: Any) -> Optional[Tuple[Any, Any]]:
@@ -92,14 +102,18 @@ class DevicePreprocessor:
     """
 
     def __init__(self, target: Any, norm: Normalization, mode: str, size: Optional[Tuple[int, int]],
-                 compile_stage: bool = True):
+                 compile_stage: bool = True, upload: str = "pinned", host_resize: bool = False):
         import torch
 
+        if upload not in UPLOADS:
+            raise BenchError(f"device preprocessing: upload {upload!r} (known: {', '.join(UPLOADS)})")
         self.target = target
         self.norm = norm
         self.mode = mode
         self.size = size
         self.compile_stage = compile_stage
+        self.upload = upload
+        self.host_resize = host_resize
         self.cuda = target.device.type == "cuda"
         self._plans: Dict[Tuple[Tuple[int, ...], ...], _Plan] = {}
         self._torch = torch
@@ -111,8 +125,8 @@ class DevicePreprocessor:
         if self.cuda:
             from retinabench.model.device.cuda import GpuTimer
             self.timer = GpuTimer(PREPROCESS_TIMER)
-            self._pool = ThreadPoolExecutor(max_workers=min(_COPY_THREADS, os.cpu_count() or 1),
-                                            thread_name_prefix="pinned-copy")
+            threads = (os.cpu_count() or 1) if host_resize else min(_COPY_THREADS, os.cpu_count() or 1)
+            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pinned-copy")
 
     def _geometry(self, images: Sequence[np.ndarray]) -> Tuple[List[Tuple[int, int]], List[ImageMeta]]:
         n, _, H, W = self.target.shape
@@ -152,9 +166,11 @@ class DevicePreprocessor:
         if not self.cuda:
             return plan
         for r in runs:
-            r.staging = torch.empty((r.count, *r.shape), dtype=torch.uint8, pin_memory=True)
+            # after a host resize, what travels is the resized image
+            shape = (*r.content_hw, r.shape[2]) if self.host_resize else r.shape
+            r.staging = torch.empty((r.count, *shape), dtype=torch.uint8, pin_memory=True)
             r.staging_np = r.staging.numpy()
-            r.upload = torch.zeros((r.count, *r.shape), dtype=torch.uint8, device=self.target.device)
+            r.upload = torch.zeros((r.count, *shape), dtype=torch.uint8, device=self.target.device)
         fns = [self._bound(r) for r in runs]
         if self.compile_stage:
             from retinabench.model.device.cuda import compiled
@@ -172,11 +188,35 @@ class DevicePreprocessor:
         return plan
 
     def _stage(self, plan: _Plan, images: Sequence[np.ndarray]) -> None:
+        """Bring the images to the device (option `upload`, or host resize); the timer starts at the first upload."""
+        torch = self._torch
+        assert self.timer is not None
+        if self.host_resize:
+            self._resize_and_upload(plan, images)
+            return
+        if self.upload == "pageable":
+            self.timer.start()
+            for r in plan.runs:
+                for j in range(r.count):
+                    r.upload[j].copy_(torch.from_numpy(np.ascontiguousarray(images[r.first + j])))
+            return
+        if self.upload == "pinned":
+            first = True
+            for r in plan.runs:
+                for j in range(r.count):
+                    r.staging[j].copy_(torch.from_numpy(np.ascontiguousarray(images[r.first + j])))
+                    if first:
+                        self.timer.start()
+                        first = False
+                    r.upload[j].copy_(r.staging[j], non_blocking=True)
+            return
+        self._banded(plan, images)
+
+    def _banded(self, plan: _Plan, images: Sequence[np.ndarray]) -> None:
         """Copy the images into pinned memory on a few threads; queue each image's upload once it is there.
 
-        numpy's copy releases the GIL, so bands copy in parallel (torch's own CPU copy_ ran at
-        0.4 GB/s in a process that had run torch.compile, on the H200 machine). A single image is
-        split into row bands; uploads of finished images overlap the copies still running.
+        numpy's copy releases the GIL, so bands copy in parallel. A single image is split into row
+        bands; uploads of finished images overlap the copies still running.
         """
         jobs = []
         for r in plan.runs:
@@ -186,11 +226,28 @@ class DevicePreprocessor:
                 step = -(-img.shape[0] // bands)
                 futs = [self._pool.submit(np.copyto, dst[y:y + step], img[y:y + step]) for y in range(0, img.shape[0], step)]
                 jobs.append((r, j, futs))
+        self._upload_when_done(jobs)
+
+    def _resize_and_upload(self, plan: _Plan, images: Sequence[np.ndarray]) -> None:
+        """cv2.resize (the numpy Preprocessor's resize) of each image on the pool, into pinned memory."""
+        import cv2
+
+        def resize(img: np.ndarray, dst: np.ndarray, hw: Tuple[int, int]) -> None:
+            if img.shape[:2] == hw:
+                np.copyto(dst, img)
+            else:
+                cv2.resize(img, (hw[1], hw[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
+        jobs = [(r, j, [self._pool.submit(resize, images[r.first + j], r.staging_np[j], r.content_hw)])
+                for r in plan.runs for j in range(r.count)]
+        self._upload_when_done(jobs)
+
+    def _upload_when_done(self, jobs: List[Tuple[_Run, int, List[Any]]]) -> None:
+        assert self.timer is not None
         first = True
         for r, j, futs in jobs:
             for f in futs:
                 f.result()
-            if first and self.timer is not None:  # the stage's GPU work starts with the first upload
+            if first:  # the stage's GPU work starts with the first upload
                 self.timer.start()
                 first = False
             r.upload[j].copy_(r.staging[j], non_blocking=True)
@@ -206,6 +263,19 @@ class DevicePreprocessor:
             return self._run(images)
 
     def _run(self, images: Sequence[np.ndarray]) -> Tuple[Any, List[ImageMeta]]:
+        target, metas = self._enqueue(images)
+        if self.cuda:
+            assert self.timer is not None
+            self._torch.cuda.current_stream().synchronize()
+            self.timer.read()
+        return target, metas
+
+    def enqueue(self, images: Sequence[np.ndarray]) -> Tuple[Any, List[ImageMeta]]:
+        """The stage queued on the current stream, not waited for: read `timer` after a later sync."""
+        with self._torch.inference_mode():
+            return self._enqueue(images)
+
+    def _enqueue(self, images: Sequence[np.ndarray]) -> Tuple[Any, List[ImageMeta]]:
         key = tuple(img.shape for img in images)
         plan = self._plans.get(key)
         if plan is None:
@@ -213,13 +283,18 @@ class DevicePreprocessor:
         torch = self._torch
         if not self.cuda:
             for r in plan.runs:
-                src = torch.from_numpy(np.stack(images[r.first:r.first + r.count]))
+                if self.host_resize:
+                    import cv2
+                    src = torch.from_numpy(np.stack([cv2.resize(im, (r.content_hw[1], r.content_hw[0]),
+                                                                interpolation=cv2.INTER_LINEAR)
+                                                     if im.shape[:2] != r.content_hw else im
+                                                     for im in images[r.first:r.first + r.count]]))
+                else:
+                    src = torch.from_numpy(np.stack(images[r.first:r.first + r.count]))
                 self.target[r.first:r.first + r.count] = self._bound(r)(src)
             return self.target, plan.metas
         self._stage(plan, images)  # starts the timer before the first upload
         assert self.timer is not None
         plan.graph.replay()
         self.timer.stop()
-        torch.cuda.current_stream().synchronize()
-        self.timer.read()
         return self.target, plan.metas
