@@ -27,6 +27,12 @@ option `fault` makes the worker really fail the way runtimes do, after `fault_af
 as a C++ runtime's std::terminate does), `exit` (the process exits with code 70 mid-run), `raise`
 (a Python exception from the runtime). The harness must turn each into a `failed` row with the
 reason, and carry on with the other rows.
+
+Memory reservation (test-only, for the footprint figures: retinabench.harness.footprint; never used
+in a benchmark): option `reserve_mib` allocates that many MiB of host memory at load and touches
+every page (numpy.ones), `reserve_gpu_mib` (the `cuda` variant) that many MiB on the device (a torch
+tensor, filled); both are kept alive until the backend closes, so the row's host or GPU memory must
+read at least that much more than without. A row that reserves says so in its settings' extras.
 """
 from __future__ import annotations
 
@@ -58,6 +64,8 @@ VARIANTS = {"default": EmptyVariant(), "cuda": EmptyVariant(cuda=True)}
 class EmptyOptions:
     fault: Optional[str] = choices(*FAULTS)   # fail this way (a debugging hook for the harness)
     fault_after: int = 0                      # ... after this many infer calls
+    reserve_mib: int = 0                      # test-only: hold this many MiB of touched host memory from load
+    reserve_gpu_mib: int = 0                  # test-only (variant cuda): ... of filled device memory
 
 
 class EmptyBackend(Backend):
@@ -71,9 +79,12 @@ class EmptyBackend(Backend):
         self._out: Dict[str, np.ndarray] = {}
         self._timer: Any = None
         self._outputs_from = ""
+        self._reserved: Any = None
+        self._reserved_gpu: Any = None
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         from retinabench.graph.onnx_import import ConversionError
+        self._reserve()
         if self.spec.cuda:
             self._load_cuda()
         try:
@@ -87,6 +98,18 @@ class EmptyBackend(Backend):
         self.output_names = list(graph.outputs)
         self._out = {n: _no_face(graph, n, shapes) for n in self.output_names}
         self._outputs_from = "graph"
+
+    def _reserve(self) -> None:
+        """The test-only reservations: every host page touched, the device block filled."""
+        from retinabench.errors import ConfigError
+        o = self.options
+        for key in ("reserve_mib", "reserve_gpu_mib"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"backend 'empty' options.{key}: {getattr(o, key)} is negative")
+        if o.reserve_gpu_mib and not self.spec.cuda:
+            raise ConfigError("backend 'empty' options.reserve_gpu_mib: only the `cuda` variant runs on the device")
+        if o.reserve_mib:
+            self._reserved = np.ones(o.reserve_mib << 20, np.uint8)
 
     def _load_cuda(self) -> None:
         if not self.device.startswith("cuda"):
@@ -106,6 +129,8 @@ class EmptyBackend(Backend):
         self._src = torch.zeros(FLOOR_BYTES, dtype=torch.uint8, device=dev)
         self._dst = torch.empty(FLOOR_BYTES, dtype=torch.uint8, pin_memory=True)
         self._timer = GpuTimer(CUDA_FLOOR_TIMER)
+        if self.options.reserve_gpu_mib:
+            self._reserved_gpu = torch.ones(self.options.reserve_gpu_mib << 20, dtype=torch.uint8, device=dev)
         torch.cuda.synchronize()
 
     def infer(self, blob: np.ndarray) -> Dict[str, np.ndarray]:
@@ -140,7 +165,13 @@ class EmptyBackend(Backend):
         if self.spec.cuda:
             s.extras["floor"] = CUDA_FLOOR_TIMER
         s.extras["outputs_from"] = self._outputs_from
+        for key in ("reserve_mib", "reserve_gpu_mib"):
+            if getattr(self.options, key):
+                s.extras[key] = getattr(self.options, key)
         return s
+
+    def close(self) -> None:
+        self._reserved = self._reserved_gpu = None
 
 
 def _family_no_face(model, batch: int, height: int, width: int, reason: str) -> Dict[str, np.ndarray]:

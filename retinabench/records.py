@@ -8,7 +8,8 @@ After Polygraphy's `IterationResult`/`RunResults` and torch.utils.benchmark's `T
   includes every field, so two rows that differ in anything (device included) never share a key.
 - `BackendSpec`, `InputSpec`: what a scenario says about a row's runtime and input.
 - `Job`: what the parent sends a worker; `WorkerResult`: what the worker returns;
-  `RowSettings`: what a timing depends on besides versions (declared fields only are read by reports).
+  `RowSettings`: what a timing depends on besides versions (declared fields only are read by reports);
+  `Footprint`: what the worker held in memory and how long it took to start.
 - `ExitCode`: one set of exit codes for the CLI and the worker, no value meaning two things.
 - `Command` and `Event`: the control channel between the parent and a loaded worker (one JSON line
   each), by which rows are measured in chunks, interleaved round by round with other rows.
@@ -236,6 +237,57 @@ class RowSettings:
 
 
 @dataclass
+class Footprint:
+    """What a row's worker held and how long it took to start (measured by retinabench.harness.footprint).
+
+    Memory in MiB (2**20 bytes). Host figures are above `host_baseline_mib`, the worker's resident set
+    at its start, before any runtime was imported: `host_loaded_mib` once the row is ready to measure,
+    `host_load_peak_mib` the peak through import, load and warmup, `host_peak_mib` the peak during the
+    measured loops. GPU figures are what NVML charges the worker's process on the row's device (the
+    CUDA context and every allocator); `torch_reserved_*` torch's caching allocator alone, where torch
+    ran CUDA. Start-up in seconds: the `load_*_s` parts add up to `load_whole_s` (the row's loading,
+    from the backend's import to ready), `load_s` is import + read + convert + build. `first_call_ms`
+    is the cold start (`first_call` says which call that was), `first_loop_ms` the first timed loop.
+    None: not measured here; `sources` says how each figure was obtained, `notes` why one is missing.
+    """
+
+    host_baseline_mib: Optional[float] = None
+    host_loaded_mib: Optional[float] = None
+    host_load_peak_mib: Optional[float] = None
+    host_peak_mib: Optional[float] = None
+    gpu_loaded_mib: Optional[float] = None
+    gpu_peak_mib: Optional[float] = None
+    torch_reserved_loaded_mib: Optional[float] = None
+    torch_reserved_peak_mib: Optional[float] = None
+    model_mib: Optional[float] = None          # the model's files on disk
+    load_s: Optional[float] = None
+    load_import_s: Optional[float] = None      # the backend's module and its runtime
+    load_read_s: Optional[float] = None        # open_model: finding and checking the files
+    load_convert_s: Optional[float] = None     # importing the model into the graph IR, where the backend needs it
+    load_build_s: Optional[float] = None       # the rest of Backend.load(): session, engine build, compile
+    load_stage_build_s: Optional[float] = None  # device stages' capture / compile pass (their first call)
+    load_harness_s: Optional[float] = None     # the remainder: images, preprocessing set-up, GPU monitor
+    load_whole_s: Optional[float] = None
+    first_call_ms: Optional[float] = None
+    first_call: str = ""
+    first_loop_ms: Optional[float] = None
+    sources: Dict[str, str] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    snapshots: Dict[str, Any] = field(default_factory=dict)   # the raw readings, per moment
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Optional[Dict[str, Any]]) -> Optional["Footprint"]:
+        """None for rows recorded before footprints existed (no or an empty `footprint`)."""
+        if not data:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
 class WorkerResult:
     """What a worker returns in result.json (its samples and outputs are arrays beside it)."""
 
@@ -256,6 +308,7 @@ class WorkerResult:
     windows: List[List[float]] = field(default_factory=list)
     exit_code: Optional[int] = None
     signal: str = ""
+    footprint: Optional[Footprint] = None   # memory and start-up (None in rows recorded before they were)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -264,6 +317,7 @@ class WorkerResult:
     def to_json(self) -> Dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["settings"] = self.settings.to_json() if self.settings is not None else {}
+        d["footprint"] = self.footprint.to_json() if self.footprint is not None else {}
         return d
 
     @classmethod
@@ -273,6 +327,7 @@ class WorkerResult:
             d["metrics"] = d.pop("extra")
         d["settings"] = RowSettings.from_json(d.get("settings"))
         d["metrics"] = dict(d.get("metrics") or {})
+        d["footprint"] = Footprint.from_json(d.get("footprint"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

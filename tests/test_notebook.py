@@ -45,7 +45,7 @@ def test_notebook_executes_on_a_run(run_dir, monkeypatch):
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # stage breakdown, batch scaling, latency distribution (no GPU here)
+    assert len(images) == 4  # stage breakdown, batch scaling, latency distribution, footprint (no GPU here)
     markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     assert "Scenario **notebook**" in markdown and run_dir.name in markdown
     assert "onnxruntime/default" in markdown  # the accuracy section's reference

@@ -11,6 +11,11 @@ each `finish` writes its `WorkerResult`, samples and outputs into its scratch fo
 pipe and does nothing, so the one worker measuring at a time has the machine to itself.
 Without --control it measures warmup + loops in one chunk and finishes (for running it by hand).
 
+Footprint (retinabench.harness.footprint): `main` makes the row's meter first, before any runtime is
+imported (its host and GPU memory baselines); the session marks its loading's laps, reads memory
+once loaded, resets the peaks before the first measured chunk, and the record goes into the row's
+`WorkerResult.footprint`.
+
 Exit codes (retinabench.records.ExitCode): OK, UNAVAILABLE (runtime or device missing), FAILED (a
 known reason). Anything else (a signal, an uncaught error) is a crash, reported by the parent with
 its stderr.
@@ -29,6 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, List, Optional
 
+from retinabench.harness.footprint import FootprintMeter
 from retinabench.records import Command, Event, ExitCode, Job, WorkerResult
 from retinabench.store import WorkDir
 
@@ -61,7 +67,9 @@ class Channel:
 class RowSession:
     """A loaded row: its backend, stages and measured loop, and every sample it has measured so far."""
 
-    def __init__(self, job: Job, work: WorkDir):
+    def __init__(self, job: Job, work: WorkDir, footprint: Optional[FootprintMeter] = None):
+        self.footprint = fp = footprint if footprint is not None else FootprintMeter(job.backend.device)
+        fp.begin()
         from backends.base import backend_class
         from retinabench.errors import BackendUnavailable
         from retinabench.harness.loop import MeasuredLoop
@@ -75,7 +83,9 @@ class RowSession:
         ok, reason = cls.available()
         if not ok:
             raise BackendUnavailable(reason)
+        fp.lap("import")
         self.model = open_model(Path(job.model), job.family)
+        fp.lap("read", self.model)
         family = get_family(self.model.family)
         images = _load_images(list(job.images))
         batch = job.row.batch
@@ -85,9 +95,11 @@ class RowSession:
         _, _, h, w = self.blob_shape
         self.backend = cls(variant=spec.variant, threads=spec.threads, device=spec.device, options=spec.options,
                            max_batch=job.row.max_batch)
+        fp.lap("harness", self.model)
         t_load = time.perf_counter()
         self.backend.load(self.model, batch, h, w)
         self.load_s = time.perf_counter() - t_load
+        fp.lap("build", self.model)
         be = self.backend
         self.stage_build_s: Optional[float] = None
         self.pipeline = (be.device_pipeline(family, job.input.mode, job.input.size, be.output_names, job.threshold)
@@ -105,11 +117,15 @@ class RowSession:
                 # Device stages capture (and compile) on their first call: do that here, not in a loop.
                 from retinabench.model.device.pipeline import build_device_stages
                 self.stage_build_s = build_device_stages(pre, be.infer, decode, batch_images)
+        # the device stages' build pass is their first call: the row's cold start
+        fp.lap("harness", self.model, {"stage_build": self.stage_build_s or 0.0})
         self.monitor: Any = None
         if be.device.startswith("cuda") and job.gpu_monitor:
             from retinabench.harness.gpu_monitor import GpuMonitor
             self.monitor = GpuMonitor(be.device)   # matched to NVML by UUID / PCI bus id, not by index
             self.monitor.open()  # before warmup: NVML's start-up never lands next to a measured loop
+        fp.loaded(self.model, self.stage_build_s, "device-stage build pass" if self.pipeline is None else
+                  f"pipeline build ({getattr(self.pipeline, 'depth', 1) + 1} steps, graphs captured)")
         import numpy as np
         self._np = np
         self.warmup = np.zeros((0, 4), np.int64)
@@ -122,10 +138,12 @@ class RowSession:
     def measure(self, cmd: Command, progress: Any) -> None:
         np, loop = self._np, self.loop
         total = cmd.warmup + cmd.rewarm + cmd.loops
+        warm = loop.run(cmd.warmup, lambda d, _: progress(d, total))
         if cmd.warmup:
-            self.warmup = np.concatenate([self.warmup, loop.run(cmd.warmup, lambda d, _: progress(d, total))])
+            self.warmup = np.concatenate([self.warmup, warm])
         rewarm = loop.run(cmd.rewarm, lambda d, _: progress(cmd.warmup + d, total))
         first = loop.calls
+        self.footprint.measure_begin()   # the first time: load's peak read, the peaks reset
         if self.monitor is not None:
             self.monitor.begin_window()
         start = time.time()
@@ -137,6 +155,7 @@ class RowSession:
         self.rounds.append(cmd.round)
         self.rewarm.append(rewarm)
         self.measured_calls.extend(range(first, first + cmd.loops))
+        self.footprint.chunk(warm, rewarm, samples)
 
     def finish(self) -> WorkerResult:
         np, be = self._np, self.backend
@@ -157,7 +176,8 @@ class RowSession:
             output_names=list(be.output_names), model=self.model.describe(), blob_shape=self.blob_shape,
             faces=[f.to_json()["faces"] for f in self.loop.faces], gpu_samples=gpu.pop("samples", []),
             gpu_monitor_error=gpu.pop("error", ""), gpu_monitor=gpu,
-            metrics=measured_metrics(be.metrics(), self.loop.calls, self.measured_calls), windows=self.windows)
+            metrics=measured_metrics(be.metrics(), self.loop.calls, self.measured_calls), windows=self.windows,
+            footprint=self.footprint.record())
         if self.job.save_outputs:
             host = be.host_outputs(self.loop.outputs)
             self.work.write_outputs({k: v[:1] for k, v in host.items()})
@@ -184,9 +204,10 @@ def measured_metrics(metrics: Dict[str, Any], calls: int, measured: List[int]) -
     return out
 
 
-def serve(job: Job, work: WorkDir, channel: Optional[Channel]) -> WorkerResult:
+def serve(job: Job, work: WorkDir, channel: Optional[Channel],
+          footprint: Optional[FootprintMeter] = None) -> WorkerResult:
     """Load, then obey the parent's commands until `finish` (or measure all at once without a channel)."""
-    session = RowSession(job, work)
+    session = RowSession(job, work, footprint)
     try:
         if channel is None:
             session.measure(Command("measure", job.loops, job.warmup), _print_progress)
@@ -243,8 +264,9 @@ def main(argv: List[str]) -> int:
         channel = Channel(os.fdopen(int(argv[2]), "rb"), os.fdopen(int(argv[3]), "wb"))
     job = work.read_job()
     setup_process(job)
+    meter = FootprintMeter(job.backend.device)  # the baselines: before any runtime is imported
     try:
-        work.write_result(serve(job, work, channel))
+        work.write_result(serve(job, work, channel, meter))
         if channel is not None:
             channel.send(Event("finished"))
         return ExitCode.OK
@@ -256,7 +278,9 @@ def main(argv: List[str]) -> int:
             status, code = "failed", ExitCode.FAILED
         if not isinstance(e, BenchError):
             traceback.print_exc(file=sys.stderr)
-        work.write_result(WorkerResult.failure(status, _reason(e)))
+        result = WorkerResult.failure(status, _reason(e))
+        result.footprint = meter.record()   # as far as it got: a failed allocation's attempt shows in its load peak
+        work.write_result(result)
         return code
 
 

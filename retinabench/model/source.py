@@ -14,6 +14,7 @@ inputs and outputs (`recognise_family`).
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,6 +42,8 @@ class ModelSource:
     _sha: Optional[str] = field(default=None, repr=False)
     _conversion: Optional[ConversionError] = field(default=None, repr=False)
     _io: Optional[Tuple[List[Tuple[str, Shape]], List[Tuple[str, Shape]]]] = field(default=None, repr=False)
+    # seconds spent importing the graph (every attempt, a failed one too): a row's load time splits on it
+    graph_import_s: float = field(default=0.0, repr=False, compare=False)
 
     def sha256(self) -> str:
         """Hash of the model's files, in a fixed order: identifies the model in results and caches."""
@@ -61,6 +64,7 @@ class ModelSource:
         if self._conversion is not None:
             raise self._conversion
         if self._graph is None:
+            t0 = time.perf_counter()
             try:
                 if self.format == "mxnet":
                     from retinabench.graph.mxnet_import import load_mxnet
@@ -74,6 +78,8 @@ class ModelSource:
             except ConversionError as e:
                 self._conversion = e
                 raise
+            finally:
+                self.graph_import_s += time.perf_counter() - t0
             if self.family:
                 graph.family = self.family
             self._graph = graph

@@ -1,4 +1,4 @@
-"""Plots of one run: stage breakdown, batch scaling, GPU utilisation, latency distributions.
+"""Plots of one run: stage breakdown, batch scaling, GPU utilisation, latency distributions, footprint.
 
 Each plotting function returns a matplotlib Figure built without pyplot (so nothing here touches
 global backend state: the CLI renders with Agg, a notebook shows the same Figure inline).
@@ -160,6 +160,84 @@ def latency_distribution(run: RunData) -> Figure:
     return fig
 
 
+LOAD_PART_COLOURS = {"import": "#8172b3", "read": "#937860", "convert": "#da8bc3", "build": "#dd8452",
+                     "stage_build": "#c44e52"}
+
+
+def _footprint_rows(run: RunData) -> List[Dict]:
+    """Passed rows that recorded their memory or start-up (retinabench.records.Footprint)."""
+    def given(r: Dict, k: str) -> bool:
+        return (r.get("footprint") or {}).get(k) not in ("", None)
+    return [r for r in _passed(run) if given(r, "host_mib_loaded") or given(r, "load_s")]
+
+
+def _value(r: Dict, key: str) -> float:
+    v = (r.get("footprint") or {}).get(key)
+    return 0.0 if v in ("", None) else float(v)
+
+
+def _memory_panel(ax, rows: List[Dict], labels: List[str], prefix: str, what: str) -> None:
+    """Horizontal bars per row: MiB once loaded, and the peak of the measured loops beside it."""
+    y = np.arange(len(rows))
+    loaded = [_value(r, f"{prefix}_loaded") for r in rows]
+    peak = [_value(r, f"{prefix}_peak") for r in rows]
+    ax.barh(y - 0.2, loaded, height=0.4, color="#4c72b0", label="loaded")
+    ax.barh(y + 0.2, peak, height=0.4, color="#a1c9f4", label="peak, measured loops")
+    for yi, v in zip(y, peak):
+        if v:
+            ax.annotate(f" {v:.0f}", (v, yi + 0.2), va="center", fontsize=7)
+    ax.margins(x=0.15)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel(f"{what} (MiB)")
+    ax.set_ylabel("backend")
+    ax.grid(axis="x", alpha=0.3)
+    _legend_below(ax, 2)
+
+
+def _legend_below(ax, columns: int) -> None:
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=columns, frameon=False)
+
+
+def footprint(run: RunData) -> Figure:
+    """Per row: host memory and, where measured, GPU memory (loaded, peak), and start-up: the load's
+    parts stacked, then the first call (the cold start)."""
+    rows = _footprint_rows(run)
+    labels = [_label(run, r) for r in rows]
+    gpu = any(_value(r, "gpu_mib_loaded") or _value(r, "gpu_mib_peak") for r in rows)
+    panels = 3 if gpu else 2
+    fig = Figure(figsize=(5.0 * panels, 2.2 + 0.45 * max(1, len(rows))), layout="constrained")
+    axes = fig.subplots(1, panels, sharey=True)
+    axes[0].invert_yaxis()  # the scenario's first row on top (once: the axes share y)
+    _memory_panel(axes[0], rows, labels, "host_mib", "host memory above the worker's pre-import baseline")
+    axes[0].set_title("Host memory (resident set)")
+    if gpu:
+        _memory_panel(axes[1], rows, labels, "gpu_mib", "GPU memory of the worker's process (NVML)")
+        axes[1].set_title("GPU memory")
+    ax = axes[-1]
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for part, colour in LOAD_PART_COLOURS.items():
+        widths = np.array([_value(r, f"load_{part}_s") for r in rows])
+        if part == "stage_build" and not widths.any():
+            continue
+        ax.barh(y, widths, left=left, color=colour, label=part.replace("_", " "))
+        left += widths
+    # a device-stage row's first call is its stage build pass, already stacked above
+    first = np.array([0.0 if _value(r, "load_stage_build_s") else _value(r, "first_call_ms") / 1e3 for r in rows])
+    ax.barh(y, first, left=left, color="#55a868", label="first call")
+    for yi, total in zip(y, left + first):
+        ax.annotate(f" {total:.3g} s", (total, yi), va="center", fontsize=7)
+    ax.margins(x=0.15)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("seconds from the runtime's import to the first result")
+    ax.set_ylabel("backend")
+    ax.set_title("Start-up: load parts, then the first call")
+    ax.grid(axis="x", alpha=0.3)
+    _legend_below(ax, 3)
+    fig.suptitle(f"Footprint per backend, scenario {run.scenario}")
+    return fig
+
+
 @dataclass(frozen=True)
 class PlotSpec:
     name: str
@@ -182,6 +260,9 @@ def planned_plots(run: RunData) -> List[PlotSpec]:
                                   gpu_utilisation))
     if any(r.passed for r in passed):
         specs.append(PlotSpec("latency", "latency.png", f"Latency distribution, {run.scenario}", latency_distribution))
+    if _footprint_rows(run):  # runs recorded before footprints were have none
+        specs.append(PlotSpec("footprint", "footprint.png", f"Memory and start-up per backend, {run.scenario}",
+                              footprint))
     return specs
 
 

@@ -19,7 +19,7 @@ from retinabench.store import RowResult, RunStore
 BASELINE_BACKENDS = {"empty"}
 _INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra", "rounds"}
 _TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads",
-                 "reference", "output", "group", "timing"}
+                 "reference", "output", "group", "timing", "host_mib_source", "gpu_mib_source", "first_call"}
 _BOOL_COLUMNS = {"ratio_paired"}
 
 

@@ -9,7 +9,8 @@ from retinabench.records import RowId
 from retinabench.report.format import flags_cell, machine_line, md_table, ms, row_label, scenario_line, status_cell
 from retinabench.report.run_data import BASELINE_BACKENDS, RunData
 from retinabench.report.summary import FLAGS
-from retinabench.report.tables import has_ratios, pivot, ratio_cell, reference_name
+from retinabench.report.tables import (footprint_cells, footprint_headers, footprint_note, has_ratios, pivot,
+                                       ratio_cell, reference_name)
 from retinabench.report.variants import variant_cell
 
 
@@ -85,7 +86,9 @@ def speed_table(run: RunData) -> str:
     gpu_time = has_gpu_time(run)
     ratios = has_ratios(run.summary)
     headers += (["GPU util %"] if sweep or gpu else []) + (["GPU ms (CUDA events)"] if gpu_time else [])
-    headers += ([f"inference vs {reference_name(run.summary)} (95% CI)"] if ratios else []) + ["flags"]
+    headers += [f"inference vs {reference_name(run.summary)} (95% CI)"] if ratios else []
+    footprint = footprint_headers(run.summary)   # none for runs recorded before footprints were
+    headers += footprint + ["flags"]
     lines = []
     for r in pivot(run.summary):
         rid: RowId = r["row"]
@@ -102,6 +105,7 @@ def speed_table(run: RunData) -> str:
         line += [(f"{r['gpu_util']:.0f}" if r["gpu_util"] != "" else "–")] if sweep or gpu else []
         line += [ms(_gpu_time(run, rid))] if gpu_time else []
         line += [(ratio_cell(r["inference"]) if "inference" in r else "") or "–"] if ratios else []
+        line += footprint_cells(r, footprint, empty="–")
         lines.append(line + [flags_cell(r) or "–"])
     return md_table(headers, lines)
 
@@ -237,6 +241,9 @@ def speed_section(run: RunData, link_base: Path) -> str:
     if has_gpu(run):
         parts += ["", "GPU util %: NVML's mean utilisation during the measured loops, the share of time at least one "
                       "kernel was running (busy, not how many SMs were used)."]
+    footprint = footprint_note(run.summary)
+    if footprint:
+        parts += ["", footprint]
     note = device_stages_note(run)
     if note:
         parts += ["", note]

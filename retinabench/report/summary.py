@@ -1,9 +1,10 @@
 """A run's summaries, written from its rows: summary.csv/.md, samples.csv.gz, detections.json.
 
 summary.csv is the stable machine-readable face of a run: one line per row and stage, with the
-row's identity columns (backend, variant, input, batch, max_batch, device), its statistics, and its
-validity flags. samples.csv.gz holds every measured sample in long format; detections.json the
-faces per row. Every file is written through the store (atomically).
+row's identity columns (backend, variant, input, batch, max_batch, device), its statistics, its
+validity flags, and (runs recorded since rows had them) its footprint: memory and start-up per row
+(FOOTPRINT_COLUMNS, from retinabench.records.Footprint). samples.csv.gz holds every measured sample
+in long format; detections.json the faces per row. Every file is written through the store (atomically).
 """
 from __future__ import annotations
 
@@ -18,11 +19,20 @@ import numpy as np
 from retinabench.config import Scenario
 from retinabench.harness.loop import STAGES
 from retinabench.report.run_accuracy import write_accuracy
-from retinabench.records import RowId
+from retinabench.records import Footprint, RowId
 from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, MIN_ROUNDS_FOR_SPREAD, NOISY_CV, ROUND_SPREAD_LIMIT,
                                       STAGE_SUM_TOL, Measurement, drift, drifting, host_below_gpu, median_ci,
                                       ratio_ci, round_stats, stage_sum_error)
 from retinabench.store import RowResult, RunStore
+
+# A row's memory and start-up (records.Footprint), at the end of every line of a passed row; empty in
+# runs recorded before footprints were (and the tables then leave their columns out).
+FOOTPRINT_COLUMNS = ["host_mib_baseline", "host_mib_loaded", "host_mib_load_peak", "host_mib_peak", "host_mib_source",
+                     "gpu_mib_loaded", "gpu_mib_peak", "gpu_mib_source",
+                     "torch_reserved_mib_loaded", "torch_reserved_mib_peak", "model_mib",
+                     "load_s", "load_import_s", "load_read_s", "load_convert_s", "load_build_s",
+                     "load_stage_build_s", "load_harness_s", "load_whole_s",
+                     "first_call_ms", "first_call", "first_loop_ms"]
 
 # The first columns are those of runs before rounds existed, in their order; new ones come after.
 SHORT_WINDOW_S = 2.0     # GPU utilisation over less than this many seconds of measured loops is flagged
@@ -33,7 +43,7 @@ SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage",
                    "warmup", "drift", "stage_sum_err", "gpu_time_median_ms",
                    "rounds", "group", "median_ci_low_ms", "median_ci_high_ms", "round_cv", "round_drift",
                    "round_spread", "reference", "ratio", "ratio_ci_low", "ratio_ci_high", "ratio_paired",
-                   "gpu_window_s", "timing"]
+                   "gpu_window_s", "timing"] + FOOTPRINT_COLUMNS
 
 # What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
 FLAGS = {
@@ -99,6 +109,7 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
         if not r.passed:
             out.append({**base, "stage": "total", "n": 0, "flags": r.reason})
             continue
+        base.update(footprint_columns(r.result.footprint))
         base["warmup"] = 0 if r.warmup_ns is None else int(len(r.warmup_ns))
         sum_err = stage_sum_error(r.samples_ns)
         # Backends record a GPU time for every call, warmup included: the measured loops are the last ones.
@@ -141,6 +152,31 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                         "images_per_s": (1000.0 * rid.batch / m.median_ms) if m.median_ms > 0 else "",
                         "drift": round(drift(r.samples_ns[:, i]), 4), **extra, "flags": " ".join(flags)})
     return out
+
+
+def footprint_columns(fp: Optional[Footprint]) -> Dict[str, Any]:
+    """summary.csv's footprint columns of one row ({} for rows recorded before footprints were)."""
+    if fp is None:
+        return {}
+    cols: Dict[str, Any] = {"host_mib_baseline": fp.host_baseline_mib, "host_mib_loaded": fp.host_loaded_mib,
+                            "host_mib_load_peak": fp.host_load_peak_mib, "host_mib_peak": fp.host_peak_mib,
+                            "host_mib_source": _host_source(fp),
+                            "gpu_mib_loaded": fp.gpu_loaded_mib, "gpu_mib_peak": fp.gpu_peak_mib,
+                            "gpu_mib_source": fp.sources.get("gpu", ""),
+                            "torch_reserved_mib_loaded": fp.torch_reserved_loaded_mib,
+                            "torch_reserved_mib_peak": fp.torch_reserved_peak_mib, "model_mib": fp.model_mib,
+                            "first_call_ms": fp.first_call_ms, "first_call": fp.first_call,
+                            "first_loop_ms": fp.first_loop_ms}
+    for k in ("load_s", "load_import_s", "load_read_s", "load_convert_s", "load_build_s", "load_stage_build_s",
+              "load_harness_s", "load_whole_s"):
+        cols[k] = getattr(fp, k)
+    return {k: ("" if v is None else v) for k, v in cols.items()}
+
+
+def _host_source(fp: Footprint) -> str:
+    """How the host peak was read (retinabench.harness.footprint): vmhwm-reset (the measured loops'),
+    vmhwm-lifetime (since the worker started), ru_maxrss-lifetime; else how the rest was ('vmrss')."""
+    return fp.sources.get("host_peak") or fp.sources.get("host", "")
 
 
 def validity_table(summary: List[Dict[str, Any]], fmt: str = "simple") -> str:
