@@ -255,6 +255,8 @@ def setup_process(job: Job) -> None:
         os.environ[k] = str(v)
     if job.backend.threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
         os.environ["OMP_NUM_THREADS"] = str(job.backend.threads)
+        # OpenBLAS (inside pycaffe, numpy) sizes its pool when it loads: before available() imports caffe
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(job.backend.threads))
 
 
 def main(argv: List[str]) -> int:
