@@ -145,7 +145,8 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                     flags.append("short-window")
             if stage == "inference" and len(gpu_ms):
                 extra["gpu_time_median_ms"] = float(np.median(gpu_ms))
-                if host_below_gpu(r.samples_ns[:, i], gpu_ms):
+                # staged rows only: an e2e or throughput row's inference column is the CUDA-event time itself
+                if base["timing"] in ("staged", "") and host_below_gpu(r.samples_ns[:, i], gpu_ms):
                     flags.append("host<gpu")
             out.append({**base, "stage": stage, **m.to_dict(), "cv": round(m.cv, 4),
                         "per_image_median_ms": m.median_ms / rid.batch,
@@ -195,7 +196,8 @@ def validity_table(summary: List[Dict[str, Any]], fmt: str = "simple") -> str:
         t, inf = line.get("total", {}), line.get("inference", {})
         gpu = inf.get("gpu_time_median_ms", "")
         table.append([rid.backend, rid.variant, rid.device, rid.input, rid.batch, t.get("n", ""), t.get("warmup", ""),
-                      _pct(t.get("cv")), _pct(inf.get("cv")), _pct(t.get("drift")), _pct(t.get("stage_sum_err")),
+                      _pct(t.get("cv")), _pct(inf.get("cv")), _pct(t.get("drift")),
+                      _pct(t.get("stage_sum_err")) if t.get("timing") in ("staged", "", None) else "n/a (CUDA events)",
                       f"{float(gpu):.3f}" if gpu not in ("", None) else "",
                       " ".join(f"{f}({','.join(st)})" for f, st in sorted(line["flags"].items()))])
     headers = ["backend", "variant", "device", "input", "batch", "loops", "warmup", "CV total", "CV inference",

@@ -127,6 +127,9 @@ class DevicePreprocessor:
             self.timer = GpuTimer(PREPROCESS_TIMER)
             threads = (os.cpu_count() or 1) if host_resize else min(_COPY_THREADS, os.cpu_count() or 1)
             self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pinned-copy")
+            if host_resize:  # one image per pool thread: cv2's own threads would oversubscribe the cores
+                import cv2
+                cv2.setNumThreads(1)
 
     def _geometry(self, images: Sequence[np.ndarray]) -> Tuple[List[Tuple[int, int]], List[ImageMeta]]:
         n, _, H, W = self.target.shape
