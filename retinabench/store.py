@@ -5,6 +5,7 @@ results/<UTC timestamp>-<scenario>/
   config.yaml       the resolved scenario;  env.json: the environment fingerprint
   rows/<key>.json   one row: its identity, status, reason and the worker's result record
   rows/<key>.npz    its raw per-loop stage times in ns (measured and warmup)
+  hosts/<host>.json the environment fingerprint of each host that measured rows (a row names its host)
   .work/<key>/      a worker's scratch files (job, result, samples, outputs, stderr; git-ignored)
   .work/lock        held while a process works in the folder
   ... and the reports written from the rows (summary.csv/.md, samples.csv.gz, detections.json, ...)
@@ -24,7 +25,7 @@ import json
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -153,6 +154,13 @@ class RowResult:
     rewarm_ns: Any = None       # numpy int64 [n, 4]: the re-warm loops at the start of later rounds, excluded
     group: str = ""             # the interleaved group it was measured in ("s0g1": session 0, group 1); "": alone
     stored_key: str = ""        # the file name it has in its run folder (older runs used other keys)
+    host: str = ""              # the host that measured it (hosts/<host>.json); "": rows older than hosts
+    # [start, end] in Unix seconds: each stretch in which its worker process worked (loading, each chunk
+    # with its warmup and re-warm, writing its files), on its host's clock; idle waits excluded
+    busy: List[List[float]] = field(default_factory=list)
+    # keys of the rows whose work on the same host overlapped this row's measured windows
+    # (retinabench.harness.units.overlaps): [] means it was measured alone
+    overlaps: List[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -281,7 +289,8 @@ class RunStore:
                 arrays["rewarm"] = row.rewarm_ns
             atomic_write(rows / f"{row.key}.npz", npz_bytes(**arrays))
         record = {"format": ROW_FORMAT, "key": row.key, "id": row.id.to_json(), "status": row.status,
-                  "reason": row.reason, "group": row.group, "result": row.result.to_json()}
+                  "reason": row.reason, "group": row.group, "host": row.host, "busy": row.busy,
+                  "overlaps": list(row.overlaps), "result": row.result.to_json()}
         atomic_write(rows / f"{row.key}.json", _json(record))
         row.stored_key = row.key
 
@@ -363,7 +372,9 @@ def _read_row(path: Path, devices: Dict[tuple, str]) -> RowResult:
         device = recorded if recorded else devices.get((d["backend"], d["variant"]), "cpu")
         row_id = RowId(d["backend"], d["variant"], str(device), d["input"], int(d["batch"]), int(d["max_batch"]))
         result = WorkerResult.from_json({**info, "status": d["status"], "reason": d.get("reason", "")})
-    row = RowResult(row_id, result, group=str(d.get("group") or ""), stored_key=str(d.get("key") or path.stem))
+    row = RowResult(row_id, result, group=str(d.get("group") or ""), stored_key=str(d.get("key") or path.stem),
+                    host=str(d.get("host") or ""), busy=[[float(a), float(b)] for a, b in d.get("busy") or []],
+                    overlaps=[str(k) for k in d.get("overlaps") or []])
     npz = path.with_suffix(".npz")
     if npz.exists():
         arrays = read_npz(npz)

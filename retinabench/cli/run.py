@@ -34,6 +34,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                  "images": args.image, "threads": args.threads, "schedule": args.schedule, "seed": args.seed}
     if args.backends:
         overrides["backends"] = args.backends.split(",")
+    if args.executor:
+        overrides["executor"] = args.executor
+    if args.scheduler:
+        overrides["scheduler"] = args.scheduler
+    elif args.executor == "local":
+        overrides["scheduler"] = ""  # --executor local: the config's scheduler, if any, is not used
     scenario = load_scenario(Path(args.config), overrides)
     worker_memory_limit()  # a bad RETINABENCH_WORKER_MEMORY_LIMIT is an error now, not a failed row later
     model = resolve_model(scenario.model)
@@ -75,4 +81,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--schedule", choices=("interleaved", "sequential"),
                      help="how rows share the machine (default: the config's, interleaved rounds)")
     run.add_argument("--seed", type=int, help="seed of the interleaved rounds' shuffles (default: a fresh one, recorded)")
+    run.add_argument("--executor", choices=("local", "dask"),
+                     help="where rows run: here (default), or on the workers of a Dask cluster")
+    run.add_argument("--scheduler", metavar="ADDR",
+                     help="with --executor dask: the Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                          "(default: a LocalCluster, or LocalCUDACluster for CUDA rows, on this machine)")
     run.set_defaults(func=cmd_run)

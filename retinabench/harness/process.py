@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 from backends.base import backend_class
 from retinabench.errors import BackendUnavailable, BenchError
@@ -56,8 +56,9 @@ def interpreter_for(name: str) -> str:
     return python or sys.executable
 
 
-def worker_env() -> dict:
-    env = dict(os.environ)
+def worker_env(base: Optional[dict] = None) -> dict:
+    """The worker's environment: `base` (default: this process's) with the project on PYTHONPATH."""
+    env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     # torch.compile's kernels are reused across rows and runs (a cold compile is tens of seconds per shape)
@@ -72,13 +73,20 @@ class WorkerProcess:
     waiting on this worker (loading, its own chunks, writing its files), so the rows measured
     between its chunks never count against it. A worker that dies, or outruns its budget, ends
     with a `WorkerResult` that says how: `result` holds it, and the row is over.
+
+    `busy` records, in Unix seconds, each stretch in which the worker worked at the parent's request
+    (loading, each chunk, writing its files): what another row on the same host may have felt.
+    `env`: the environment to start it with (default: this process's).
     """
 
-    def __init__(self, job: Job, work: WorkDir, python: str, on_progress: Optional[Progress] = None):
+    def __init__(self, job: Job, work: WorkDir, python: str, on_progress: Optional[Progress] = None,
+                 env: Optional[dict] = None):
         self.job, self.work, self.python = job, work, python
         self.on_progress = on_progress
+        self.env = env
         self.result: Optional[WorkerResult] = None
         self.measured = 0                 # loops measured so far (its chunks' `loops`)
+        self.busy: List[List[float]] = []
         self._budget = float(job.timeout_s) if job.timeout_s else None
         self._proc: Optional[subprocess.Popen] = None
         self._commands: Optional[BinaryIO] = None
@@ -88,13 +96,20 @@ class WorkerProcess:
     # -- lifecycle
     def start(self) -> Optional[WorkerResult]:
         """Start the worker and wait until it is loaded: None when ready, else how its row ended."""
+        t0 = time.time()
+        try:
+            return self._start()
+        finally:
+            self.busy.append([t0, time.time()])
+
+    def _start(self) -> Optional[WorkerResult]:
         self.work.prepare(self.job)
         cmd_r, cmd_w = os.pipe()
         evt_r, evt_w = os.pipe()
         with open(self.work.stdout, "wb") as out, open(self.work.stderr, "wb") as err:
             self._proc = subprocess.Popen(
                 [self.python, "-m", "retinabench.harness.worker", str(self.work.job), "--control", str(cmd_r),
-                 str(evt_w)], cwd=ROOT, env=worker_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                 str(evt_w)], cwd=ROOT, env=worker_env(self.env), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 start_new_session=True, pass_fds=(cmd_r, evt_w))
         os.close(cmd_r)
         os.close(evt_w)
@@ -106,9 +121,13 @@ class WorkerProcess:
         """Run one chunk: None when its loops are measured, else how the row ended."""
         if self.result is not None:
             return self.result
-        if not self._send(command):
-            return self._ended()
-        ended = self._until("done")
+        t0 = time.time()
+        try:
+            if not self._send(command):
+                return self._ended()
+            ended = self._until("done")
+        finally:
+            self.busy.append([t0, time.time()])
         if ended is None:
             self.measured += command.loops
         return ended
@@ -116,11 +135,32 @@ class WorkerProcess:
     def finish(self) -> WorkerResult:
         """Ask the worker to write its files and end; its result (or how it ended)."""
         if self.result is None:
-            if self._send(Command("finish")):
-                self._until("finished")
-            self._ended()
+            t0 = time.time()
+            try:
+                if self._send(Command("finish")):
+                    self._until("finished")
+                self._ended()
+            finally:
+                self.busy.append([t0, time.time()])
         assert self.result is not None
         return self.result
+
+    def interrupt(self) -> None:
+        """Stop the worker's process group from another thread (SIGTERM, SIGKILL 5 s later): only
+        signals are sent here, the thread that drives the worker owns its pipes and sees its row end."""
+        proc = self._proc
+        if proc is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is not None:
+                return
 
     def limit(self, seconds: float) -> None:
         """Wait at most `seconds` more for this worker (an interrupted run stops soon, whatever the budget)."""

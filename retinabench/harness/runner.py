@@ -11,9 +11,16 @@ scratch folder, for inspection, and are not used).
 A run folder is locked while a process works in it, so two processes never write one folder.
 The run folder's layout is the store's (retinabench.store); the reports written from the rows
 are the caller's (`summarise`: the report layer sits above this one).
+
+Executors: the rows are planned as units (`plan_units`: an interleaved group, or one row in the
+sequential schedule), each measured whole by a `UnitRun`, here (`executor: local`, the default) or
+as one task on a Dask worker (`executor: dask`, retinabench.harness.dask_executor), which sends the
+rows' files back. Either way one `_Session` decides the pending rows, writes each row as it comes
+(with its host and the rows that overlapped it there: `overlaps`), summarises and handles signals.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -27,9 +34,11 @@ import yaml
 from retinabench.config import Row, Scenario
 from retinabench.errors import BenchError
 from retinabench.harness import env as envmod
-from retinabench.harness.process import Progress, WorkerProcess, interpreter_for, run_worker, worker_memory_limit
-from retinabench.harness.schedule import Schedule, groups, new_seed, round_orders
-from retinabench.records import Command, Job, RowId
+from retinabench.harness.process import Progress, interpreter_for, run_worker, worker_memory_limit
+from retinabench.harness.schedule import Schedule, new_seed
+from retinabench.harness.units import (Interrupted, Unit, UnitRun, host_file, host_info, overlaps,  # noqa: F401
+                                       plan_units, with_samples)
+from retinabench.records import Job, RowId
 from retinabench.store import RowResult, RunStore
 
 # (store, rows in scenario order, scenario): writes the run's reports (summary, samples, accuracy),
@@ -45,10 +54,6 @@ class RunOutcome:
     rows: List[RowResult]
     status: str                      # complete | partial | incomplete
     summary: List[Dict[str, Any]]    # what the summariser returned (summary.csv's lines)
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while rows were running."""
 
 
 class _StopSignals:
@@ -92,34 +97,65 @@ def run_row(scenario: Scenario, row: Row, model: Path, images: List[Path], store
     except BenchError as e:  # the backend's interpreter is missing: it says what and how to set it up
         return RowResult.failed(row.id, "unavailable", str(e))
     work = store.work(row.id)
-    return _with_samples(RowResult(row.id, run_worker(make_job(scenario, row, model, images), work, python,
+    return with_samples(RowResult(row.id, run_worker(make_job(scenario, row, model, images), work, python,
                                                       on_progress)), store)
 
 
-def _with_samples(result: RowResult, store: RunStore) -> RowResult:
-    if result.status == "passed":
-        arrays = store.work(result.id).read_samples()
-        result.samples_ns, result.warmup_ns = arrays["samples"], arrays["warmup"]
-        result.rounds = arrays.get("rounds")
-        result.rewarm_ns = arrays.get("rewarm")
-    return result
-
-
 class _Session:
-    """The rows of one run (or resume) being measured, and what they have written so far."""
+    """The rows of one run (or resume) being measured, and what they have written so far.
+
+    Both executors go through it: it plans the units, writes each row as it arrives (with the host
+    that measured it and the rows that overlapped it there), and keeps the hosts' fingerprints.
+    """
 
     def __init__(self, scenario: Scenario, model: Path, images: List[Path], store: RunStore,
                  finished: Dict[RowId, RowResult], meta: Dict[str, Any], schedule: Schedule,
-                 progress_factory: Optional[ProgressFactory], on_row_done: Optional[RowCallback]):
+                 progress_factory: Optional[ProgressFactory], on_row_done: Optional[RowCallback],
+                 executor: Any = None):
         self.scenario, self.model, self.images, self.store = scenario, model, images, store
         self.finished, self.meta, self.schedule = finished, meta, schedule
         self.progress_factory, self.on_row_done = progress_factory, on_row_done
+        self.executor = executor
         self.rows = scenario.rows()
         self.index = {r.id: i for i, r in enumerate(self.rows, 1)}
+        self.hosts: Dict[str, Dict[str, Any]] = {}    # host -> fingerprint, as each host is first heard from
+        self.machines: Dict[str, str] = {}            # host -> machine key (boot id) for overlaps
+        self.local_host = ""
+
+    @property
+    def number(self) -> int:
+        """This session's index in run.json's `schedules` (the `s` of group labels)."""
+        return len(self.meta["schedules"]) - 1
+
+    def job(self, row: Row, absolute: bool = False) -> Job:
+        model, images = (self.model.resolve(), [p.resolve() for p in self.images]) if absolute \
+            else (self.model, self.images)
+        return make_job(self.scenario, row, model, images)
+
+    def add_host(self, host: str, info: Dict[str, Any]) -> None:
+        """A host heard from: its fingerprint in hosts/<host>.json (once per session)."""
+        if host in self.hosts:
+            return
+        self.hosts[host] = info
+        self.machines[host] = str(info.get("boot_id") or host)
+        self.store.write_file(host_file(host), json.dumps(info, indent=1, default=str))
 
     def record(self, result: RowResult) -> None:
-        self.store.write_row(result)
+        if not result.host and self.executor is None:
+            if not self.local_host:
+                host, info = host_info()
+                self.add_host(host, info)
+                self.local_host = host
+            result.host = self.local_host
         self.finished[result.id] = result
+        found = overlaps(list(self.finished.values()), self.machines)
+        result.overlaps = found[result.id]
+        self.store.write_row(result)
+        for rid, keys in found.items():   # a row written earlier may have been overlapped by this one
+            earlier = self.finished[rid]
+            if rid != result.id and earlier.overlaps != keys:
+                earlier.overlaps = keys
+                self.store.write_row(earlier)
         if self.on_row_done is not None:
             self.on_row_done(result, self.index[result.id], len(self.rows))
 
@@ -127,87 +163,42 @@ class _Session:
         return self.progress_factory(label) if self.progress_factory else None
 
     def run(self, pending: List[Row]) -> None:
-        if self.schedule.kind == "sequential":
-            for row in pending:
-                bar = self._bar(f"[{self.index[row.id]}/{len(self.rows)}] {row.key}")
-                try:
-                    self.record(run_row(self.scenario, row, self.model, self.images, self.store,
-                                        bar.update_to if bar is not None else None))
-                finally:
-                    if bar is not None:
-                        bar.close()
+        units = plan_units(pending, self.scenario, self.schedule, self.number, split_devices=self.executor is not None)
+        if self.executor is not None:
+            self.executor.run(self, units)
             return
-        for g, group in enumerate(groups(pending, lambda r: r.id.batch, self.schedule.max_live_workers)):
-            self.interleave(g, group)
+        for unit in units:
+            self.measure_here(unit)
 
-    def interleave(self, g: int, group: List[Row]) -> None:
-        """Load every row of the group, then measure them round by round in shuffled orders."""
-        sc, sched = self.scenario, self.schedule
-        chunks = sched.rounds(sc.loops)
-        orders = round_orders(len(group), len(chunks), sched.seed, g)
-        self.meta.setdefault("groups", []).append({"rows": [r.key for r in group], "seed": sched.seed, "index": g,
-                                                   "orders": orders})
-        self.store.write_meta(self.meta)
-        total = sum(sc.warmup + sc.loops + sched.rewarm_loops * (len(chunks) - 1) for _ in group)
-        done = [0]
-        bar = self._bar(f"rows {', '.join(str(self.index[r.id]) for r in group)} of {len(self.rows)}: loading")
-        workers: Dict[RowId, WorkerProcess] = {}
+    def note_group(self, unit: Unit, **extra: Any) -> None:
+        """run.json lists each interleaved group before it is measured: its rows, seed and orders."""
+        if unit.interleaved:
+            self.meta.setdefault("groups", []).append({"rows": [r.key for r in unit.rows], "seed": self.schedule.seed,
+                                                       "index": unit.index, "orders": [list(o) for o in unit.orders],
+                                                       **extra})
+
+    def measure_here(self, unit: Unit) -> None:
+        """The local executor: the unit's workers are this process's children."""
+        n = len(self.rows)
+        if unit.interleaved:
+            self.note_group(unit)
+            self.store.write_meta(self.meta)
+            which = ", ".join(str(self.index[r.id]) for r in unit.rows)
+            bar = self._bar(f"rows {which} of {n}: loading")
+            describe: Optional[Callable[[int], str]] = \
+                lambda r: f"rows {which} of {n}: round {r + 1}/{len(unit.chunks)}"
+        else:
+            bar = self._bar(f"[{self.index[unit.rows[0].id]}/{n}] {unit.rows[0].key}")
+            describe = None
+        run = UnitRun(unit, {r.id: self.job(r) for r in unit.rows}, self.store.work,
+                      lambda result, work: self.record(with_samples(result, self.store)), bar, describe)
         try:
-            for row in group:
-                try:
-                    python = interpreter_for(row.backend.name)
-                except BenchError as e:
-                    self.record(RowResult.failed(row.id, "unavailable", str(e)))
-                    continue
-                worker = workers[row.id] = WorkerProcess(
-                    make_job(sc, row, self.model, self.images), self.store.work(row.id), python,
-                    (lambda d, t: bar.update_to(done[0] + d, total)) if bar else None)
-                ended = worker.start()
-                if ended is not None:
-                    del workers[row.id]
-                    self.record(RowResult(row.id, ended))
-            for r, loops in enumerate(chunks):
-                if bar is not None:
-                    bar.set_description(f"rows {', '.join(str(self.index[x.id]) for x in group)} of "
-                                        f"{len(self.rows)}: round {r + 1}/{len(chunks)}")
-                for i in orders[r]:
-                    row = group[i]
-                    worker = workers.get(row.id)
-                    if worker is None:
-                        continue
-                    cmd = Command("measure", loops, warmup=sc.warmup if r == 0 else 0,
-                                  rewarm=0 if r == 0 else sched.rewarm_loops, round=r)
-                    ended = worker.measure(cmd)
-                    done[0] += cmd.warmup + cmd.rewarm + cmd.loops
-                    if ended is not None:  # it died or ran out of time: its row ends, the others go on
-                        del workers[row.id]
-                        self.record(RowResult(row.id, ended))
-            for row in group:
-                worker = workers.pop(row.id, None)
-                if worker is not None:
-                    result = _with_samples(RowResult(row.id, worker.finish()), self.store)
-                    result.group = f"s{len(self.meta['schedules']) - 1}g{g}"
-                    self.record(result)
-        except BaseException:
-            self._stop(workers)
-            raise
+            run.run()
         finally:
+            if run.kept:
+                self.meta["interrupted_rows_kept_loops"] = run.kept
             if bar is not None:
                 bar.close()
-
-    def _stop(self, workers: Dict[RowId, WorkerProcess]) -> None:
-        """Interrupted mid-group: the idle workers write the rounds they finished (kept in their scratch
-        folders, not used: `--resume` measures these rows again, whole), the rest are stopped."""
-        kept = {}
-        for rid, worker in workers.items():
-            if worker.measured and worker.result is None:
-                worker.limit(10.0)
-                result = worker.finish()
-                if result.status == "passed":
-                    kept[rid.key] = worker.measured
-            worker.kill()
-        if kept:
-            self.meta["interrupted_rows_kept_loops"] = kept
 
 
 def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_root: Path,
@@ -218,10 +209,29 @@ def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_ro
 
     `progress_factory(label)` makes a progress bar (update_to, set_description, close) for a row or
     an interleaved group; `on_row_done(result, index, count)` hears each finished row.
+    The scenario's `executor` says where rows run: here (`local`), or on a Dask cluster's workers
+    (retinabench.harness.dask_executor), which is reached before the run folder is made, so a bad
+    address or a missing package is one line and no folder.
     """
     from retinabench.model.source import open_model
     model_sha = open_model(model, scenario.family).sha256()
     rows = scenario.rows()
+    executor = None
+    if scenario.executor == "dask":
+        from retinabench.harness.dask_executor import DaskExecutor
+        executor = DaskExecutor.for_scenario(scenario)
+        executor.open()
+    try:
+        return _run(scenario, model, images, results_root, summarise, resume, progress_factory, on_row_done,
+                    model_sha, rows, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path, summarise: Summariser,
+         resume: Optional[Path], progress_factory: Optional[ProgressFactory], on_row_done: Optional[RowCallback],
+         model_sha: str, rows: List[Row], executor: Any) -> RunOutcome:
     if resume is not None:
         store = RunStore.open(resume)
         lock = store.lock()
@@ -242,11 +252,15 @@ def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_ro
                 model=str(model), model_sha256=model_sha, images=[str(p) for p in images], loops=scenario.loops,
                 warmup=scenario.warmup, pid=os.getpid())
     meta.setdefault("schedules", []).append(schedule.to_json())
+    if executor is not None or meta.get("executors"):  # one entry per session, beside `schedules`
+        executors = meta.setdefault("executors", [{"executor": "local"}] * (len(meta["schedules"]) - 1))
+        executors.append(executor.describe() if executor is not None else {"executor": "local"})
     meta.pop("interrupted_rows_kept_loops", None)
     store.write_meta(meta)
 
     finished: Dict[RowId, RowResult] = {k: v for k, v in done.items() if v.status in ("passed", "unavailable")}
-    session = _Session(scenario, model, images, store, finished, meta, schedule, progress_factory, on_row_done)
+    session = _Session(scenario, model, images, store, finished, meta, schedule, progress_factory, on_row_done,
+                       executor)
     interrupted = ""
     try:
         with _StopSignals() as stop:
@@ -280,6 +294,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Fields that say where rows run, not what a row is: a run started here may be finished on a cluster
+# (a new cluster's scheduler has a new address), and the other way round.
+RESUME_MAY_CHANGE = ("source", "executor", "scheduler")
+
+
 def _check_resumable(store: RunStore, meta: Dict[str, Any], scenario: Scenario, model_sha: str) -> None:
     """Rows of one run must come from one scenario and one model: refuse to mix them."""
     try:
@@ -291,7 +310,7 @@ def _check_resumable(store: RunStore, meta: Dict[str, Any], scenario: Scenario, 
     now = yaml.safe_load(yaml.safe_dump(scenario.to_dict()))
     defaults = yaml.safe_load(yaml.safe_dump(Scenario.field_defaults()))
     for k, v in now.items():  # a field the run's config predates counts as its default
-        if k != "source" and saved.get(k, defaults.get(k)) != v:
+        if k not in RESUME_MAY_CHANGE and saved.get(k, defaults.get(k)) != v:
             raise BenchError(f"--resume {store.path}: the scenario differs from the run's in {k!r} "
                              f"({saved.get(k)!r} there, {v!r} now)")
     if meta.get("model_sha256") and meta["model_sha256"] != model_sha:

@@ -59,6 +59,8 @@ FLAGS = {
                        "(the machine's speed changed between rounds)",
     "short-window": f"GPU utilisation measured over less than {SHORT_WINDOW_S:g} s of measured loops (NVML's samples "
                     "cover 1/6 s to 1 s each: few of them)",
+    "overlap": "other rows worked on the same host while this row measured (the row file's `overlaps` names them): "
+               "they shared its CPU, memory bandwidth and PCIe",
 }
 
 
@@ -121,6 +123,8 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                 flags.append("noisy")
             if drifting(r.samples_ns[:, i]):
                 flags.append("drift")
+            if r.overlaps:
+                flags.append("overlap")
             ci = median_ci(r.samples_ns[:, i] / 1e6, r.rounds)
             rs = round_stats(r.samples_ns[:, i] / 1e6, r.rounds)
             extra: Dict[str, Any] = {"rounds": int(rs.get("rounds", 1)), "group": r.group,
