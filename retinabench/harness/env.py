@@ -107,9 +107,11 @@ def fingerprint(gpu_devices: Sequence[str] = ("cuda",)) -> Dict[str, Any]:
         pass
     return {
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # A copied tree without .git (the GPU machine) names its commit through the environment.
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("RETINABENCH_GIT_COMMIT", ""),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # A copied tree (the GPU machine's) names its commit through the environment: its .git, if any,
+        # may be another commit's, so the variable wins where it is set.
+        "git_commit": os.environ.get("RETINABENCH_GIT_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_dirty": False if os.environ.get("RETINABENCH_GIT_COMMIT") else
+        bool(_git("status", "--porcelain", "--untracked-files=no")),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_model": cpu_model(),

@@ -38,6 +38,7 @@ from retinabench.harness.footprint import FootprintMeter
 from retinabench.records import Command, Event, ExitCode, Job, WorkerResult
 from retinabench.store import WorkDir
 
+UTILISATION_WINDOW_S = 2.5   # of extra loops where the measured chunks were too short for NVML's samples
 # Per-call metric lists a backend records (one entry per loop run, of every kind): sliced to the measured loops.
 PER_CALL_METRICS = ("gpu_time_ms", "gpu_preprocess_ms", "gpu_postprocess_ms")
 
@@ -168,6 +169,8 @@ class RowSession:
         rewarm_rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.rewarm, self.rounds)]) \
             if self.rewarm else np.zeros((0,), np.int32)
         gpu = dict(self.monitor.close()) if self.monitor is not None else {}
+        if gpu and gpu.get("util_mean_pct") is None and not gpu.get("error") and self.chunks:
+            gpu = self._utilisation_window(gpu)
         settings = be.settings()
         if self.stage_build_s is not None:
             settings.extras["stage_build_s"] = round(self.stage_build_s, 3)
@@ -184,6 +187,25 @@ class RowSession:
         self.work.write_samples(samples=samples, warmup=self.warmup, rounds=rounds, rewarm=rewarm,
                                 rewarm_rounds=rewarm_rounds)
         return record
+
+    def _utilisation_window(self, measured: Dict[str, Any]) -> Dict[str, Any]:
+        """NVML's samples each cover 1/6 s to 1 s: no sample fits inside a row's measured chunks when
+        they are short (interleaved rounds of a fast GPU row last tens of milliseconds). Then the row
+        runs UTILISATION_WINDOW_S more of its loops, alone (the other rows' workers wait), for its
+        utilisation only: those loops are not timed into its samples."""
+        from retinabench.harness.gpu_monitor import GpuMonitor
+        monitor = GpuMonitor(self.backend.device)
+        monitor.open()
+        per_loop_s = max(1e-4, float(self._np.median(self.chunks[-1][:, 3])) / 1e9)
+        loops = max(1, int(UTILISATION_WINDOW_S / per_loop_s) + 1)
+        monitor.begin_window()
+        self.loop.run(loops)
+        monitor.end_window()
+        extra = dict(monitor.close())
+        extra["measured_windows"] = {k: measured.get(k) for k in ("windows", "window_s", "short_window", "note")}
+        extra["utilisation_from"] = (f"{loops} loops ({extra.get('window_s') or 0:.2f} s) run after the measured ones "
+                                     "for utilisation only: no NVML sample fitted inside the measured chunks")
+        return extra
 
     def close(self) -> None:
         self.backend.close()

@@ -239,8 +239,14 @@ def speed_section(run: RunData, link_base: Path) -> str:
                                   "threads each backend was given.", schedule_line(run), ratio_note(run),
                                   timing_note(run), flags_legend(run)) if t)]
     if has_gpu(run):
+        extended = any(r.result.gpu_monitor.get("utilisation_from") for r in run.rows.values())
+        windowed = any(r.result.gpu_monitor for r in run.rows.values())
         parts += ["", "GPU util %: NVML's mean utilisation during the measured loops, the share of time at least one "
-                      "kernel was running (busy, not how many SMs were used)."]
+                      "kernel was running (busy, not how many SMs were used)."
+                  + (" Only NVML samples whose whole period (1/6 s to 1 s) lies inside a row's measured chunks count; "
+                     "'–' where none did (interleaved chunks of a fast row last tens of milliseconds)." if windowed else "")
+                  + (" Rows whose chunks were too short took theirs from 2.5 s of extra loops after the measured ones "
+                     "(not timed)." if extended else "")]
     footprint = footprint_note(run.summary)
     if footprint:
         parts += ["", footprint]
