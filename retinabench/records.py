@@ -20,7 +20,7 @@ import enum
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 STATUSES = ("passed", "failed", "unavailable")
 
@@ -344,44 +344,43 @@ COMMANDS = ("measure", "finish")
 EVENTS = ("ready", "progress", "done", "finished")
 
 
+class _Message:
+    """A control-channel message: one JSON line; `KINDS` names the kinds a message may be."""
+
+    KINDS: ClassVar[Tuple[str, ...]] = ()
+    kind: str
+
+    def encode(self) -> bytes:
+        return (json.dumps(asdict(self)) + "\n").encode()
+
+    @classmethod
+    def decode(cls, line: bytes) -> Any:
+        d = json.loads(line)
+        if d.get("kind") not in cls.KINDS:
+            raise ValueError(f"unknown {cls.__name__.lower()} {d.get('kind')!r}")
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
 @dataclass(frozen=True)
-class Command:
+class Command(_Message):
     """`measure`: run `warmup` loops (kept as the row's warmup), then `rewarm` loops (recorded apart,
     excluded), then `loops` measured loops tagged with `round`. `finish`: write the row's files and exit."""
 
+    KINDS: ClassVar[Tuple[str, ...]] = COMMANDS
     kind: str
     loops: int = 0
     warmup: int = 0
     rewarm: int = 0
     round: int = 0
 
-    def encode(self) -> bytes:
-        return (json.dumps(asdict(self)) + "\n").encode()
-
-    @classmethod
-    def decode(cls, line: bytes) -> "Command":
-        d = json.loads(line)
-        if d.get("kind") not in COMMANDS:
-            raise ValueError(f"unknown command {d.get('kind')!r}")
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
 
 @dataclass(frozen=True)
-class Event:
+class Event(_Message):
     """`ready`: loaded, waiting for commands. `progress`: loops done of the current command.
     `done`: the command's loops are measured. `finished`: the row's files are written."""
 
+    KINDS: ClassVar[Tuple[str, ...]] = EVENTS
     kind: str
     done: int = 0
     total: int = 0
     round: int = 0
-
-    def encode(self) -> bytes:
-        return (json.dumps(asdict(self)) + "\n").encode()
-
-    @classmethod
-    def decode(cls, line: bytes) -> "Event":
-        d = json.loads(line)
-        if d.get("kind") not in EVENTS:
-            raise ValueError(f"unknown event {d.get('kind')!r}")
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
