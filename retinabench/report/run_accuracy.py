@@ -1,4 +1,4 @@
-"""The accuracy section of a run: every row's outputs and faces against the reference backend's.
+"""A run's accuracy files: every row's outputs and faces against the reference backend's (accuracy_*.csv).
 
 Raw outputs (first image of the batch) are kept in the run's .work folder while it runs; the
 comparison lands in accuracy_outputs.csv (max/mean abs diff per output) and accuracy_faces.csv
