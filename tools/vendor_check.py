@@ -3,10 +3,10 @@
     python tools/vendor_check.py [--model default|PATH] [--size 1280x896] [--threads 2] [--loops 1000]
 
 Runs `benchmark_app` (shipped with the openvino wheel) on the ONNX file our openvino backend loads
-(the model's own, or our cached export of its graph), latency hint, f32 inference precision, the
-given threads and iterations; then `bench.py` with the openvino row alone, as many loops. Writes
-results/<UTC stamp>-vendor-check/ with both medians, their ratio, both commands and benchmark_app's
-report; the README cites it. `benchmark_app` measures the infer request alone; our inference stage
+(the model's own, or our cached export of its graph): one stream, as the latency hint gives our
+row, f32, the given threads and iterations; then `bench.py` with the openvino row alone, as many
+loops. Writes results/<UTC stamp>-vendor-check/ with both medians, their ratio, both commands and
+benchmark_app's report; the README cites it. `benchmark_app` measures the infer request alone; our inference stage
 also copies the outputs out (share_outputs=False): a few tenths of a millisecond at 1280x896.
 For TensorRT the vendor tool is `trtexec --onnx=M --shapes=input:1x3x896x1280 --fp16 --iterations=1000`
 (not runnable here: TensorRT cannot be installed).
@@ -41,11 +41,14 @@ def benchmark_app(onnx: Path, shape: str, threads: int, loops: int) -> dict:
     exe = shutil.which("benchmark_app", path=str(Path(sys.executable).parent)) or shutil.which("benchmark_app")
     if exe is None:
         raise SystemExit("benchmark_app not found (it ships with the openvino wheel)")
-    cmd = [exe, "-m", str(onnx), "-d", "CPU", "-hint", "latency", "-nthreads", str(threads), "-infer_precision", "f32",
-           "-shape", shape, "-niter", str(loops), "-api", "sync"]
+    # One stream on `threads` threads, as our openvino row runs: benchmark_app accepts -nthreads and
+    # -nstreams only with -hint none (its own UI rule), and reports errors on stdout, exit code 0.
+    cmd = [exe, "-m", str(onnx), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nthreads", str(threads),
+           "-infer_precision", "f32", "-shape", shape, "-niter", str(loops), "-api", "sync"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        raise SystemExit(f"benchmark_app failed: {out.stderr.strip()[-500:]}")
+    error = next((ln for ln in out.stdout.splitlines() if "[ ERROR ]" in ln), "")
+    if out.returncode != 0 or error:
+        raise SystemExit(f"benchmark_app failed: {(error or out.stderr.strip() or out.stdout.strip())[-500:]}")
     found = {k: float(v) for k, v in re.findall(r"(Median|Average|Min|Max):\s+([\d.]+) ms", out.stdout)}
     if "Median" not in found:
         raise SystemExit(f"benchmark_app printed no median latency:\n{out.stdout[-2000:]}")
