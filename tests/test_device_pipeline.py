@@ -36,6 +36,27 @@ def test_unknown_upload_is_refused(t1_image):
                            upload="dma")
 
 
+def test_upload_chunk_below_one_is_refused():
+    with pytest.raises(Exception, match="upload_chunk 0"):
+        DevicePreprocessor(torch.zeros((1, 3, 448, 640)), get_family("insightface").normalization, "fit", SIZE,
+                           upload_chunk=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned upload runs on a CUDA device only")
+@pytest.mark.parametrize("chunk", [2, 3, 8])
+def test_upload_chunk_uploads_the_same_batch(t1_image, chunk):
+    """Images per transfer change how the batch travels, not what arrives: chunks of 2, 3 (one left
+    over) and more than the batch give the blob of one image per transfer, bit for bit."""
+    norm = get_family("insightface").normalization
+    images = [t1_image, t1_image[:, ::-1].copy(), np.ascontiguousarray(t1_image[::-1]), t1_image]
+    blobs = []
+    for c in (1, chunk):
+        target = torch.zeros((len(images), 3, SIZE[1], SIZE[0]), device="cuda")
+        got, _ = DevicePreprocessor(target, norm, "fit", SIZE, compile_stage=False, upload_chunk=c)(images)
+        blobs.append(got.cpu().numpy())
+    np.testing.assert_array_equal(blobs[0], blobs[1])
+
+
 def _slot(mnet25, family, batch: int):
     torch.set_num_threads(THREADS)
     module = to_torch(mnet25.graph()).eval()

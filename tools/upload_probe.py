@@ -9,8 +9,10 @@ synchronised calls of each candidate the DevicePreprocessor offers (option `uplo
 - pinned: torch's parallel copy_ into a pinned buffer, then an asynchronous upload;
 - banded-1 / banded-4: numpy copies of 1 or 4 row bands on a thread pool into the pinned buffer,
   each uploaded when done (the uploads overlap the copies still running);
-and for a batch of 32 (the 448x448 sweep): pinned uploads of the 32 full images, and host resize
-to 448x310 on all cores into pinned memory with the small images uploaded (option host_resize).
+and for a batch of 32 (the 448x448 sweep): pinned uploads of the 32 full images, `upload_chunk`
+images per transfer (1: each image uploaded as soon as it is copied; up to 32: all copied, then one
+upload), and host resize to 448x310 on all cores into pinned memory with the small images
+uploaded (option host_resize).
 Writes results/<UTC stamp>-upload-probe/upload_probe.json (+ .md): the DevicePreprocessor's
 default is the fastest single-image candidate here.
 """
@@ -33,6 +35,8 @@ from retinabench.harness.env import fingerprint  # noqa: E402
 from retinabench.model.images import load_image  # noqa: E402
 from retinabench.model.source import open_model  # noqa: E402
 from retinabench.store import RunStore  # noqa: E402
+
+CHUNKS = (1, 4, 8, 16, 32)  # images per upload tried for the batch of 32
 
 
 def median_ms(fn: Callable[[], None], reps: int) -> float:
@@ -106,10 +110,14 @@ def main() -> int:
     big_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     threads_before = cv2.getNumThreads()
 
-    def batch_pinned() -> None:
-        for j, im in enumerate(batch):
-            staging[j].copy_(torch.from_numpy(im))
-            up[j].copy_(staging[j], non_blocking=True)
+    def batch_pinned(chunk: int) -> Callable[[], None]:
+        def run() -> None:  # what DevicePreprocessor's pinned upload does with upload_chunk=chunk
+            for lo in range(0, len(batch), chunk):
+                hi = min(len(batch), lo + chunk)
+                for j in range(lo, hi):
+                    staging[j].copy_(torch.from_numpy(batch[j]))
+                up[lo:hi].copy_(staging[lo:hi], non_blocking=True)
+        return run
 
     def batch_host_resize() -> None:
         futs = [big_pool.submit(cv2.resize, im, (small_hw[1], small_hw[0]), dst=small_np[j],
@@ -118,9 +126,11 @@ def main() -> int:
             f.result()
             small_dev[j].copy_(small[j], non_blocking=True)
 
-    batch32 = {"pinned (32 full images)": median_ms(batch_pinned, max(20, args.reps // 10)),
+    batch32 = {f"pinned (32 full images), upload_chunk {c}": median_ms(batch_pinned(c), max(20, args.reps // 10))
+               for c in CHUNKS}
+    batch32.update({
                f"host resize to 448x310 + upload (cv2 threads {threads_before})":
-                   median_ms(batch_host_resize, max(20, args.reps // 10))}
+                   median_ms(batch_host_resize, max(20, args.reps // 10))})
     cv2.setNumThreads(1)  # what the host-resize preprocessing does: one image per pool thread
     batch32["host resize to 448x310 + upload (cv2 threads 1)"] = median_ms(batch_host_resize, max(20, args.reps // 10))
     best = min(single, key=single.get)

@@ -65,6 +65,9 @@ class DeviceStageOptions:
     compile_stages: Optional[bool] = None   # torch.compile the stages too (None: the variant's default)
     # how images reach the device (retinabench.model.device.preprocess); the choices are validated
     upload: str = field(default="pinned", metadata={"choices": ("pinned", "banded", "pageable")})
+    # with the pinned upload, images per transfer: 1 queues each image's upload as soon as its host
+    # copy is done (overlapped with the next copies); N copies N images, then uploads them at once
+    upload_chunk: int = 1
 
 
 class DeviceStages:
@@ -107,7 +110,8 @@ class DeviceStages:
     def _preprocessor(self, target: Any, family: Any, mode: str, size: Optional[Tuple[int, int]]) -> Any:
         from retinabench.model.device.preprocess import DevicePreprocessor
         return DevicePreprocessor(target, family.normalization, mode, size, self.compile_stages,
-                                  upload=self.options.upload, host_resize=self.host_resize)
+                                  upload=self.options.upload, host_resize=self.host_resize,
+                                  upload_chunk=self.options.upload_chunk)
 
     def model_slots(self, count: int) -> List[Tuple[Any, Callable[[], Dict[str, Any]], Any, Any]]:
         """(input tensor, run_model, network timer, stream) per slot: the backend's network for
@@ -155,7 +159,8 @@ class DeviceStages:
         the torch.compile part of it (0.0 when the stages are captured uncompiled).
         """
         s: Dict[str, Any] = ({"compile_stages": self.compile_stages, "upload": self.options.upload,
-                              "host_resize": self.host_resize} if self.stages_on_device else {})
+                              "upload_chunk": self.options.upload_chunk, "host_resize": self.host_resize}
+                             if self.stages_on_device else {})
         if self._pre is not None:
             s["preprocess_build_s"] = round(sum(self._pre.build_s), 3)
             s["preprocess_compile_s"] = round(sum(self._pre.compile_s), 3)

@@ -3,7 +3,8 @@
 Per loop, each image reaches the device by one of three uploads (option `upload`):
 - `pinned` (default): torch's own parallel copy into a pinned staging buffer, then an asynchronous
   upload (the fastest of the three on the H200 machine, measured after torch.compile had run:
-  tools/upload_probe.py);
+  tools/upload_probe.py); `upload_chunk` images per transfer (default 1: each image's upload is
+  queued as soon as its copy is done, overlapping the next copies; N: N copies, then one upload);
 - `banded`: numpy copies of row bands on a thread pool into the pinned buffer, each image uploaded
   as soon as its bands are there;
 - `pageable`: a plain copy from the image's own (pageable) memory to the device.
@@ -102,11 +103,15 @@ class DevicePreprocessor:
     """
 
     def __init__(self, target: Any, norm: Normalization, mode: str, size: Optional[Tuple[int, int]],
-                 compile_stage: bool = True, upload: str = "pinned", host_resize: bool = False):
+                 compile_stage: bool = True, upload: str = "pinned", host_resize: bool = False,
+                 upload_chunk: int = 1):
         import torch
 
         if upload not in UPLOADS:
             raise BenchError(f"device preprocessing: upload {upload!r} (known: {', '.join(UPLOADS)})")
+        if int(upload_chunk) < 1:
+            raise BenchError(f"device preprocessing: upload_chunk {upload_chunk!r} (images per upload: 1 or more)")
+        self.upload_chunk = int(upload_chunk)
         self.target = target
         self.norm = norm
         self.mode = mode
@@ -206,12 +211,14 @@ class DevicePreprocessor:
         if self.upload == "pinned":
             first = True
             for r in plan.runs:
-                for j in range(r.count):
-                    r.staging[j].copy_(torch.from_numpy(np.ascontiguousarray(images[r.first + j])))
+                for lo in range(0, r.count, self.upload_chunk):
+                    hi = min(r.count, lo + self.upload_chunk)
+                    for j in range(lo, hi):
+                        r.staging[j].copy_(torch.from_numpy(np.ascontiguousarray(images[r.first + j])))
                     if first:
                         self.timer.start()
                         first = False
-                    r.upload[j].copy_(r.staging[j], non_blocking=True)
+                    r.upload[lo:hi].copy_(r.staging[lo:hi], non_blocking=True)
             return
         self._banded(plan, images)
 
