@@ -27,7 +27,7 @@ def test_gpu_config_without_a_gpu(tmp_path, mnet25_dir, t1_path):
     assert {r.status for r in by_device["cpu"]} == {"passed"}
     assert all(r.id.device == "cpu" and r.result.settings.device == "cpu" for r in by_device["cpu"])
     torch_rows = by_device["torch"]
-    assert len(torch_rows) == 7 and all(r.id.device == "cuda" for r in torch_rows)
+    assert len(torch_rows) == 8 and all(r.id.device == "cuda" for r in torch_rows)
     for r in torch_rows:  # one line each, naming the cause
         assert r.status == "unavailable" and r.reason.endswith("no CUDA device"), r
         assert "\n" not in r.reason
@@ -35,5 +35,7 @@ def test_gpu_config_without_a_gpu(tmp_path, mnet25_dir, t1_path):
         assert r.status == "unavailable" and r.reason.startswith("tensorrt is not installed"), r
     for r in by_device["mxnet"]:
         assert r.status == "unavailable" and ("no CUDA device" in r.reason or "mxnet" in r.reason), r
+    (floor,) = by_device["empty"]  # the GPU floor says why, as the torch rows do
+    assert floor.id.device == "cuda" and floor.status == "unavailable" and "CUDA" in floor.reason, floor
     for name in ("torch", "tensorrt", "mxnet"):
         assert name in out.stdout

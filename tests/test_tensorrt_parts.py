@@ -471,8 +471,8 @@ def test_fp16_pipe_has_the_settings_of_torch_pipe(mxnet_native, t1_image):
     assert (a.precision, a.device_stages) == (b.precision, b.device_stages) == ("f16", True)
     shared = set(torch_be.device_stage_settings())
     assert shared == set(trt_be.device_stage_settings()) == {
-        "compile_stages", "upload", "host_resize", "preprocess_build_s", "preprocess_compile_s", "postprocess_build_s",
-        "postprocess_compile_s", "nms_threshold", "candidates", "max_faces", "nms_iterations"}
+        "compile_stages", "upload", "upload_chunk", "host_resize", "preprocess_build_s", "preprocess_compile_s",
+        "postprocess_build_s", "postprocess_compile_s", "nms_threshold", "candidates", "max_faces", "nms_iterations"}
     assert shared <= set(a.extras) and shared <= set(b.extras)
     timings = {k for k in shared if k.endswith("_s")}
     assert {k: a.extras[k] for k in shared - timings} == {k: b.extras[k] for k in shared - timings}
