@@ -128,9 +128,8 @@ def main() -> int:
 
     batch32 = {f"pinned (32 full images), upload_chunk {c}": median_ms(batch_pinned(c), max(20, args.reps // 10))
                for c in CHUNKS}
-    batch32.update({
-               f"host resize to 448x310 + upload (cv2 threads {threads_before})":
-                   median_ms(batch_host_resize, max(20, args.reps // 10))})
+    batch32[f"host resize to 448x310 + upload (cv2 threads {threads_before})"] = \
+        median_ms(batch_host_resize, max(20, args.reps // 10))
     cv2.setNumThreads(1)  # what the host-resize preprocessing does: one image per pool thread
     batch32["host resize to 448x310 + upload (cv2 threads 1)"] = median_ms(batch_host_resize, max(20, args.reps // 10))
     best = min(single, key=single.get)
