@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -33,6 +35,17 @@ def ort_session(path):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def wait_for(what: Callable[[], object], timeout: float = 60.0, step: float = 0.02):
+    """Poll `what` until it returns something true (and return that), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def shared_path(*parts: str) -> Path:

@@ -24,7 +24,7 @@ import yaml
 distributed = pytest.importorskip("distributed", reason="the Dask executor's tests need `distributed` "
                                                         "(pip install -r requirements-dask.txt)")
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, wait_for as _wait_for  # noqa: E402
 from retinabench.harness.units import overlaps  # noqa: E402
 from retinabench.records import RowId, WorkerResult  # noqa: E402
 from retinabench.store import RowResult, RunStore  # noqa: E402
@@ -212,13 +212,7 @@ def _worker_of(key: str) -> Optional[int]:
 
 
 def wait_for(what, timeout: float = 90.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return _wait_for(what, timeout, step)
 
 
 def _faces(run: Path) -> Dict[str, list]:

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Set
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from retinabench.records import RowId
 from retinabench.store import RunStore
 
@@ -53,16 +53,6 @@ def children(pid: int) -> Dict[int, str]:
                 except OSError:
                     pass
     return out
-
-
-def wait_for(what: Callable[[], object], timeout: float = 60.0, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ignores_sigint(pid: int) -> bool:
