@@ -148,19 +148,8 @@ class WorkerProcess:
     def interrupt(self) -> None:
         """Stop the worker's process group from another thread (SIGTERM, SIGKILL 5 s later): only
         signals are sent here, the thread that drives the worker owns its pipes and sees its row end."""
-        proc = self._proc
-        if proc is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + 5
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if proc.poll() is not None:
-                return
+        if self._proc is not None:
+            kill(self._proc)   # Popen.wait with a timeout is safe beside the driving thread's own waits
 
     def limit(self, seconds: float) -> None:
         """Wait at most `seconds` more for this worker (an interrupted run stops soon, whatever the budget)."""
