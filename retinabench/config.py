@@ -23,7 +23,8 @@ MAX_SIDE = 8192
 MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
-SCHEDULES = ("interleaved", "sequential")   # how rows share the machine (retinabench.harness.schedule)
+SCHEDULES = ("interleaved", "sequential")
+CONTENTION_LIMIT = 0.1      # cores others may use during a chunk (retinabench.harness.contention says why)   # how rows share the machine (retinabench.harness.schedule)
 EXECUTORS = ("local", "dask")   # where rows run: this machine, or the workers of a Dask cluster
 # A Dask scheduler's address: tcp://host:port (or tls://, or host:port); the port is required
 _SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
@@ -80,6 +81,13 @@ class Scenario:
     # workers: the one at `scheduler` (ADDR), else a LocalCluster (LocalCUDACluster for CUDA rows).
     executor: str = "local"
     scheduler: Optional[str] = None
+    # Worker processes per row (retinabench.harness.processes), `loops` split between them; None: the
+    # default for the rows' device (retinabench.harness.schedule.DEFAULT_PROCESSES). 1: one process per row.
+    processes: Optional[int] = None
+    # Cores that other programs may use during a chunk before it is measured again
+    # (retinabench.harness.contention); None: record contention, never measure again.
+    contention_limit: Optional[float] = CONTENTION_LIMIT
+    contention_retries: Optional[int] = None   # chunks per row measured again (default: as many as it plans)
     source: str = ""
 
     def rows(self) -> List[Row]:
@@ -103,12 +111,15 @@ class Scenario:
         d.update(images=list(self.images), input=self.input.to_json(),
                  backends=[b.to_json() for b in self.backends], batches=list(self.batches),
                  max_batch=list(self.max_batch))
+        if self.contention_limit is None:
+            d["contention_limit"] = "off"
         return d
 
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
            "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s",
-           "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers", "executor", "scheduler"}
+           "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers", "executor", "scheduler",
+           "processes", "contention_limit", "contention_retries"}
 _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -267,6 +278,18 @@ def _scheduler(value: Any) -> Optional[str]:
     return value.strip()
 
 
+def _contention_limit(value: Any) -> Optional[float]:
+    """Cores (a number >= 0), or `off` / false: contention recorded, chunks never measured again."""
+    if value is False or value == "off":
+        return None
+    if value is None:
+        return CONTENTION_LIMIT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1024 or value != value:
+        raise ConfigError(f"contention_limit: expected cores other programs may use (a number >= 0, e.g. 0.1) "
+                          f"or off, got {value!r}")
+    return float(value)
+
+
 def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
@@ -325,6 +348,9 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         max_live_workers=_optional_int(data, "max_live_workers", 1, 4096),
         executor=_choice("executor", data.get("executor", "local"), EXECUTORS),
         scheduler=_scheduler(data.get("scheduler")),
+        processes=_optional_int(data, "processes", 1, 1000),
+        contention_limit=_contention_limit(data.get("contention_limit", CONTENTION_LIMIT)),
+        contention_retries=_optional_int(data, "contention_retries", 0, MAX_LOOPS),
         source=source,
     )
     if scenario.scheduler is not None and scenario.executor != "dask":

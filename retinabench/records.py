@@ -180,6 +180,8 @@ class Job:
     parent_pid: Optional[int] = None
     memory_limit_bytes: Optional[int] = None
     timeout_s: Optional[int] = None      # the parent enforces it; recorded for the reason it gives
+    process: int = 0                     # which of the row's worker processes this is (0-based) ...
+    processes: int = 1                   # ... of how many (retinabench.harness.schedule)
 
     def to_json(self) -> Dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -309,6 +311,12 @@ class WorkerResult:
     exit_code: Optional[int] = None
     signal: str = ""
     footprint: Optional[Footprint] = None   # memory and start-up (None in rows recorded before they were)
+    # One entry per measured chunk, kept or replaced (retinabench.harness.cpu_load): its process, round,
+    # wall time and the CPU time other programs and the hypervisor took meanwhile ([] in older rows)
+    contention: List[Dict[str, Any]] = field(default_factory=list)
+    # One entry per worker process of the row (several: retinabench.harness.processes): its pid, load
+    # time, footprint, chunks; the row's own load_s and footprint are the processes' medians
+    processes: List[Dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -372,15 +380,19 @@ class Command(_Message):
     warmup: int = 0
     rewarm: int = 0
     round: int = 0
+    replace: bool = False    # the last measured chunk was contended: keep it apart, this one takes its place
 
 
 @dataclass(frozen=True)
 class Event(_Message):
     """`ready`: loaded, waiting for commands. `progress`: loops done of the current command.
-    `done`: the command's loops are measured. `finished`: the row's files are written."""
+    `done`: the command's loops are measured, with what the machine did meanwhile (`load`: the
+    chunk's wall time and the CPU seconds others and the hypervisor took, retinabench.harness.cpu_load).
+    `finished`: the row's files are written."""
 
     KINDS: ClassVar[Tuple[str, ...]] = EVENTS
     kind: str
     done: int = 0
     total: int = 0
     round: int = 0
+    load: Dict[str, Any] = field(default_factory=dict)

@@ -137,6 +137,11 @@ class WorkDir:
     def read_outputs(self) -> Optional[Dict[str, Any]]:
         return read_npz(self.outputs) if self.outputs.is_file() else None
 
+    def process(self, index: int) -> "WorkDir":
+        """p<index>/: the scratch folder of one of the row's worker processes (retinabench.harness.processes
+        merges them into this one)."""
+        return WorkDir(self.path / f"p{index}")
+
 
 # ---------------------------------------------------------------------------------------------
 # One row as the run folder keeps it
@@ -152,6 +157,8 @@ class RowResult:
     warmup_ns: Any = None       # numpy int64 [warmup, 4], same columns
     rounds: Any = None          # numpy int32 [loops]: the round each sample was measured in (None: one round)
     rewarm_ns: Any = None       # numpy int64 [n, 4]: the re-warm loops at the start of later rounds, excluded
+    processes: Any = None       # numpy int32 [loops]: the worker process each sample came from (None: one process)
+    replaced_ns: Any = None     # numpy int64 [n, 4]: chunks measured while other programs were busy, measured again
     group: str = ""             # the interleaved group it was measured in ("s0g1": session 0, group 1); "": alone
     stored_key: str = ""        # the file name it has in its run folder (older runs used other keys)
     host: str = ""              # the host that measured it (hosts/<host>.json); "": rows older than hosts
@@ -287,6 +294,10 @@ class RunStore:
                 arrays["rounds"] = row.rounds
             if row.rewarm_ns is not None:
                 arrays["rewarm"] = row.rewarm_ns
+            if row.processes is not None:
+                arrays["processes"] = row.processes
+            if row.replaced_ns is not None and len(row.replaced_ns):
+                arrays["replaced"] = row.replaced_ns
             atomic_write(rows / f"{row.key}.npz", npz_bytes(**arrays))
         record = {"format": ROW_FORMAT, "key": row.key, "id": row.id.to_json(), "status": row.status,
                   "reason": row.reason, "group": row.group, "host": row.host, "busy": row.busy,
@@ -380,8 +391,11 @@ def _read_row(path: Path, devices: Dict[tuple, str]) -> RowResult:
         arrays = read_npz(npz)
         row.samples_ns, row.warmup_ns = arrays["samples"], arrays["warmup"]
         row.rounds, row.rewarm_ns = arrays.get("rounds"), arrays.get("rewarm")
+        row.processes, row.replaced_ns = arrays.get("processes"), arrays.get("replaced")
         if row.samples_ns.ndim != 2 or row.samples_ns.shape[1] != STAGE_COUNT:
             raise ValueError(f"samples have shape {row.samples_ns.shape}")
-        if row.rounds is not None and row.rounds.shape != (len(row.samples_ns),):
-            raise ValueError(f"rounds have shape {row.rounds.shape} for {len(row.samples_ns)} samples")
+        for name in ("rounds", "processes"):
+            per = getattr(row, name)
+            if per is not None and per.shape != (len(row.samples_ns),):
+                raise ValueError(f"{name} have shape {per.shape} for {len(row.samples_ns)} samples")
     return row

@@ -34,6 +34,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                  "images": args.image, "threads": args.threads, "schedule": args.schedule, "seed": args.seed}
     if args.backends:
         overrides["backends"] = args.backends.split(",")
+    if args.processes is not None:
+        overrides["processes"] = args.processes
+    if args.contention_limit is not None:
+        overrides["contention_limit"] = _limit(args.contention_limit)
     if args.executor:
         overrides["executor"] = args.executor
     if args.scheduler:
@@ -66,6 +70,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
 
 
+def _limit(text: str) -> object:
+    """--contention-limit: 'off', or a number (the config's validation names a bad one)."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 @subcommand("run")
 def register(sub: "argparse._SubParsersAction") -> None:
     run = sub.add_parser("run", help="run a scenario (the default when --config is given)")
@@ -81,6 +95,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     run.add_argument("--schedule", choices=("interleaved", "sequential"),
                      help="how rows share the machine (default: the config's, interleaved rounds)")
     run.add_argument("--seed", type=int, help="seed of the interleaved rounds' shuffles (default: a fresh one, recorded)")
+    run.add_argument("--processes", type=int,
+                     help="worker processes per row, the loops split between them (default: the config's, else 10 on "
+                          "a CPU, 3 on a GPU)")
+    run.add_argument("--contention-limit", metavar="CORES",
+                     help="CPU (in cores) other programs may use during a chunk before it is measured again, or 'off' "
+                          "(default: the config's, 0.1)")
     run.add_argument("--executor", choices=("local", "dask"),
                      help="where rows run: here (default), or on the workers of a Dask cluster")
     run.add_argument("--scheduler", metavar="ADDR",

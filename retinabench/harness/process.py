@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 from backends.base import backend_class
 from retinabench.errors import BackendUnavailable, BenchError
@@ -86,6 +86,7 @@ class WorkerProcess:
         self.env = env
         self.result: Optional[WorkerResult] = None
         self.measured = 0                 # loops measured so far (its chunks' `loops`)
+        self.last_load: Dict[str, Any] = {}   # the last chunk's reading of other programs' CPU time (cpu_load)
         self.busy: List[List[float]] = []
         self._budget = float(job.timeout_s) if job.timeout_s else None
         self._proc: Optional[subprocess.Popen] = None
@@ -171,6 +172,10 @@ class WorkerProcess:
         except (BrokenPipeError, OSError):  # the worker is gone: _ended() says how
             return False
 
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
     def _until(self, kind: str) -> Optional[WorkerResult]:
         """Read events until one of `kind` (None), or until the worker ends or outruns its budget."""
         while True:
@@ -184,6 +189,8 @@ class WorkerProcess:
             if event.kind == "progress" and self.on_progress is not None:
                 self.on_progress(event.done, event.total)
             if event.kind == kind:
+                if kind == "done":
+                    self.last_load = dict(event.load or {})
                 return None
 
     def _readline(self) -> Optional[bytes]:

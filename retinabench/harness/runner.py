@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -99,6 +100,10 @@ def run_row(scenario: Scenario, row: Row, model: Path, images: List[Path], store
     work = store.work(row.id)
     return with_samples(RowResult(row.id, run_worker(make_job(scenario, row, model, images), work, python,
                                                       on_progress)), store)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class _Session:
@@ -191,7 +196,8 @@ class _Session:
             bar = self._bar(f"[{self.index[unit.rows[0].id]}/{n}] {unit.rows[0].key}")
             describe = None
         run = UnitRun(unit, {r.id: self.job(r) for r in unit.rows}, self.store.work,
-                      lambda result, work: self.record(with_samples(result, self.store)), bar, describe)
+                      lambda result, work: self.record(with_samples(result, self.store)), bar, describe,
+                      say=_say)
         try:
             run.run()
         finally:
@@ -247,7 +253,8 @@ def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path
         store.write_env(envmod.fingerprint())
         meta = {"scenario": scenario.name, "started_utc": _now()}
     schedule = Schedule.of(scenario.schedule, scenario.loops, scenario.seed if scenario.seed is not None else new_seed(),
-                           scenario.round_loops, scenario.rewarm_loops, scenario.max_live_workers)
+                           scenario.round_loops, scenario.rewarm_loops, scenario.max_live_workers,
+                           scenario.processes, scenario.warmup)
     meta.update(status="running", reason="", rows=[r.key for r in rows], row_ids=[r.id.to_json() for r in rows],
                 model=str(model), model_sha256=model_sha, images=[str(p) for p in images], loops=scenario.loops,
                 warmup=scenario.warmup, pid=os.getpid())
@@ -272,10 +279,13 @@ def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path
             ordered = [finished[r.id] for r in rows if r.id in finished]
             missing = [r.key for r in rows if r.id not in finished]
             failed = [r for r in ordered if r.status == "failed"]
+            contended = contended_rows(ordered)
             if missing:
                 status, reason = "incomplete", interrupted or "rows missing"
             elif failed:
                 status, reason = "partial", "; ".join(f"{r.key}: {r.reason}" for r in failed)
+            elif contended:
+                status, reason = "contended", contention_reason(contended, scenario.contention_limit)
             else:
                 status, reason = "complete", ""
             summary = summarise(store, ordered, scenario)
@@ -288,6 +298,23 @@ def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path
     finally:
         lock.release()
     return RunOutcome(store.path, ordered, status, summary)
+
+
+def contended_rows(rows: List[RowResult]) -> Dict[str, int]:
+    """Row key -> chunks kept although other programs contended them (the guard's budget ran out)."""
+    out = {}
+    for r in rows:
+        kept = sum(1 for c in r.result.contention if c.get("contended") and not c.get("replaced"))
+        if r.passed and kept:
+            out[r.key] = kept
+    return out
+
+
+def contention_reason(contended: Dict[str, int], limit: Optional[float]) -> str:
+    """One line: contention never cleared, in which rows."""
+    return (f"contention never cleared: {sum(contended.values())} chunk(s) of {len(contended)} row(s) "
+            f"({', '.join(contended)}) were measured while other programs used more than {limit:g} cores "
+            "and could not be measured again; their rows are flagged `contended`")
 
 
 def _now() -> str:

@@ -34,10 +34,12 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, List, Optional
 
+from retinabench.harness.cpu_load import CpuLoadMeter
 from retinabench.harness.footprint import FootprintMeter
 from retinabench.records import Command, Event, ExitCode, Job, WorkerResult
 from retinabench.store import WorkDir
 
+PROGRESS_EVERY_S = 0.25      # the most often a worker wakes its parent with a progress line
 UTILISATION_WINDOW_S = 2.5   # of extra loops where the measured chunks were too short for NVML's samples
 # Per-call metric lists a backend records (one entry per loop run, of every kind): sliced to the measured loops.
 PER_CALL_METRICS = ("gpu_time_ms", "gpu_preprocess_ms", "gpu_postprocess_ms")
@@ -134,10 +136,18 @@ class RowSession:
         self.rounds: List[int] = []        # the round of each chunk
         self.rewarm: List[Any] = []        # re-warm samples per chunk
         self.windows: List[List[float]] = []
-        self.measured_calls: List[int] = []  # loop-call indices whose per-call metrics are kept
+        self.measured_calls: List[List[int]] = []  # per chunk, the loop-call indices whose per-call metrics are kept
+        # chunks measured while other programs were busy and measured again (the parent's call): kept apart
+        self.replaced: List[Any] = []
+        self.replaced_rounds: List[int] = []
+        self.load = CpuLoadMeter(job.parent_pid)
+        self.contention: List[Dict[str, Any]] = []   # per chunk measured, kept or replaced
 
-    def measure(self, cmd: Command, progress: Any) -> None:
+    def measure(self, cmd: Command, progress: Any) -> Dict[str, Any]:
+        """One chunk: warmup, re-warm, then the measured loops; what other programs took meanwhile."""
         np, loop = self._np, self.loop
+        if cmd.replace and self.chunks:
+            self._replace_last()
         total = cmd.warmup + cmd.rewarm + cmd.loops
         warm = loop.run(cmd.warmup, lambda d, _: progress(d, total))
         if cmd.warmup:
@@ -147,27 +157,45 @@ class RowSession:
         self.footprint.measure_begin()   # the first time: load's peak read, the peaks reset
         if self.monitor is not None:
             self.monitor.begin_window()
+        self.load.begin()
         start = time.time()
         samples = loop.run(cmd.loops, lambda d, _: progress(cmd.warmup + cmd.rewarm + d, total))
-        self.windows.append([cmd.round, start, time.time()])
+        end = time.time()
+        load = self.load.end()
+        self.windows.append([cmd.round, start, end])
         if self.monitor is not None:
             self.monitor.end_window()
         self.chunks.append(samples)
         self.rounds.append(cmd.round)
         self.rewarm.append(rewarm)
-        self.measured_calls.extend(range(first, first + cmd.loops))
+        self.measured_calls.append(list(range(first, first + cmd.loops)))
         self.footprint.chunk(warm, rewarm, samples)
+        entry = {"process": self.job.process, "round": cmd.round, "loops": cmd.loops, "start": start, **load,
+                 "replaced": False}
+        if not load and self.load.reason:
+            entry["note"] = self.load.reason
+        self.contention.append(entry)
+        return load
+
+    def _replace_last(self) -> None:
+        """The last chunk was measured while others were busy: its samples move apart (kept, not counted)."""
+        self.replaced.append(self.chunks.pop())
+        self.replaced_rounds.append(self.rounds.pop())
+        self.rewarm.pop()
+        self.windows.pop()
+        self.measured_calls.pop()
+        for entry in reversed(self.contention):
+            if not entry["replaced"]:
+                entry["replaced"] = True
+                break
 
     def finish(self) -> WorkerResult:
         np, be = self._np, self.backend
         if self.pipeline is not None:
             self.pipeline.drain()   # the batch still in flight, not timed
-        samples = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 4), np.int64)
-        rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.chunks, self.rounds)]) \
-            if self.chunks else np.zeros((0,), np.int32)
-        rewarm = np.concatenate(self.rewarm) if self.rewarm else np.zeros((0, 4), np.int64)
-        rewarm_rounds = np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(self.rewarm, self.rounds)]) \
-            if self.rewarm else np.zeros((0,), np.int32)
+        samples, rounds = _stack(np, self.chunks, self.rounds)
+        rewarm, rewarm_rounds = _stack(np, self.rewarm, self.rounds)
+        replaced, replaced_rounds = _stack(np, self.replaced, self.replaced_rounds)
         gpu = dict(self.monitor.close()) if self.monitor is not None else {}
         if gpu and gpu.get("util_mean_pct") is None and not gpu.get("error") and self.chunks:
             gpu = self._utilisation_window(gpu)
@@ -179,13 +207,14 @@ class RowSession:
             output_names=list(be.output_names), model=self.model.describe(), blob_shape=self.blob_shape,
             faces=[f.to_json()["faces"] for f in self.loop.faces], gpu_samples=gpu.pop("samples", []),
             gpu_monitor_error=gpu.pop("error", ""), gpu_monitor=gpu,
-            metrics=measured_metrics(be.metrics(), self.loop.calls, self.measured_calls), windows=self.windows,
-            footprint=self.footprint.record())
+            metrics=measured_metrics(be.metrics(), self.loop.calls, [c for chunk in self.measured_calls for c in chunk]),
+            windows=self.windows, footprint=self.footprint.record(), contention=self.contention)
         if self.job.save_outputs:
             host = be.host_outputs(self.loop.outputs)
             self.work.write_outputs({k: v[:1] for k, v in host.items()})
         self.work.write_samples(samples=samples, warmup=self.warmup, rounds=rounds, rewarm=rewarm,
-                                rewarm_rounds=rewarm_rounds)
+                                rewarm_rounds=rewarm_rounds, processes=np.full(len(samples), self.job.process, np.int32),
+                                replaced=replaced, replaced_rounds=replaced_rounds)
         return record
 
     def _utilisation_window(self, measured: Dict[str, Any]) -> Dict[str, Any]:
@@ -209,6 +238,14 @@ class RowSession:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _stack(np: Any, chunks: List[Any], rounds: List[int]) -> Any:
+    """(samples [n, 4], the round of each) of chunks measured in `rounds`."""
+    if not chunks:
+        return np.zeros((0, 4), np.int64), np.zeros((0,), np.int32)
+    return (np.concatenate(chunks).astype(np.int64),
+            np.concatenate([np.full(len(c), r, np.int32) for c, r in zip(chunks, rounds)]))
 
 
 def measured_metrics(metrics: Dict[str, Any], calls: int, measured: List[int]) -> Dict[str, Any]:
@@ -241,10 +278,25 @@ def serve(job: Job, work: WorkDir, channel: Optional[Channel],
                 raise RuntimeError("the parent closed the control channel before `finish`")
             if cmd.kind == "finish":
                 return session.finish()
-            session.measure(cmd, lambda d, t: channel.send(Event("progress", d, t, cmd.round)))
-            channel.send(Event("done", cmd.loops, cmd.loops, cmd.round))
+            load = session.measure(cmd, _Throttled(channel, cmd.round))
+            channel.send(Event("done", cmd.loops, cmd.loops, cmd.round, load=load))
     finally:
         session.close()
+
+
+class _Throttled:
+    """Progress events at most every PROGRESS_EVERY_S (and the last one): each wakes the parent, whose
+    CPU time a measured chunk shares, so a fast row must not send a hundred of them per chunk."""
+
+    def __init__(self, channel: Channel, round_: int):
+        self.channel, self.round = channel, round_
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.channel.send(Event("progress", done, total, self.round))
 
 
 def _print_progress(done: int, total: int) -> None:

@@ -17,7 +17,8 @@ from retinabench.store import RowResult, RunStore
 
 # Backends that run no network: they measure the harness itself, so they never "win" a stage.
 BASELINE_BACKENDS = {"empty"}
-_INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra", "rounds"}
+_INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra", "rounds",
+                "processes", "chunks", "chunks_replaced", "chunks_contended"}
 _TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads",
                  "reference", "output", "group", "timing", "host_mib_source", "gpu_mib_source", "first_call"}
 _BOOL_COLUMNS = {"ratio_paired"}

@@ -8,7 +8,7 @@ from retinabench.harness.loop import STAGES
 from retinabench.records import RowId
 from retinabench.report.format import flags_cell, machine_line, md_table, ms, row_label, scenario_line, status_cell
 from retinabench.report.run_data import BASELINE_BACKENDS, RunData
-from retinabench.report.summary import FLAGS
+from retinabench.report.flags import describe
 from retinabench.report.tables import (footprint_cells, footprint_headers, footprint_note, has_ratios, pivot,
                                        ratio_cell, reference_name)
 from retinabench.report.variants import variant_cell
@@ -48,11 +48,19 @@ def _device(run: RunData, rid: RowId) -> str:
     return "–"
 
 
+def calibrated(run: RunData) -> bool:
+    """The run's flags are the calibrated ones (retinabench.report.flags): it has their columns."""
+    return any("spread_iqr" in s for s in run.summary)
+
+
 def flags_legend(run: RunData) -> str:
-    """What each flag that occurs means (summary.FLAGS, the same words as summary.md)."""
+    """What each flag that occurs means, in the words of the run's own time (and what to do about it)."""
     present = {f for s in run.summary if int(s.get("n") or 0) > 0 for f in str(s.get("flags", "")).split()}
-    notes = [f"*{f}*: {FLAGS.get(f, 'see summary.md')}" for f in sorted(present)]
-    return ("Flags: " + "; ".join(notes) + ".") if notes else ""
+    legacy = not calibrated(run)
+    notes = [f"*{f}*: {describe(f, legacy)}" for f in sorted(present)]
+    if legacy:
+        return ("Flags: " + "; ".join(notes) + ".") if notes else ""
+    return ("Flags: " + " ".join(notes)) if notes else "No row carries a flag."
 
 
 def has_timings(run: RunData) -> bool:

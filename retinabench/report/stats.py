@@ -151,10 +151,16 @@ def _bootstrap(data: Tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def median_ci(samples: np.ndarray, rounds: Optional[np.ndarray] = None) -> Interval:
-    """The median and its 95% interval, resampling rounds (or blocks)."""
-    _, m = clusters(samples, rounds)
+def median_ci(samples: np.ndarray, rounds: Optional[np.ndarray] = None,
+              processes: Optional[np.ndarray] = None) -> Interval:
+    """The median and its 95% interval, resampling processes, then rounds (or blocks) within each."""
     estimate = float(np.median(np.asarray(samples, np.float64)))
+    if several(processes):
+        grid = Nested.of(samples, rounds, processes)
+        (meds,) = nested_resamples([grid], grid.cells)
+        lo, hi = _percentiles(meds)
+        return Interval(estimate, lo, hi)
+    _, m = clusters(samples, rounds)
     if len(m) < 2:
         return Interval(estimate, estimate, estimate)
     lo, hi = _bootstrap((np.arange(len(m)),), lambda i, axis=-1: _pooled_median(m, i))
@@ -170,14 +176,19 @@ def can_pair(a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray]) -> 
 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray] = None,
-             b_rounds: Optional[np.ndarray] = None, paired: bool = False) -> Interval:
+             b_rounds: Optional[np.ndarray] = None, paired: bool = False,
+             a_processes: Optional[np.ndarray] = None, b_processes: Optional[np.ndarray] = None) -> Interval:
     """median(a) / median(b) with a 95% interval.
 
     `paired`: a and b were measured in the same rounds (one interleaved group): a resample draws
     rounds, and takes both rows' samples of those rounds, so a slowdown that hit a round hit both
-    sides of the ratio and cancels. Otherwise each side's rounds (or blocks) are drawn independently."""
+    sides of the ratio and cancels. Otherwise each side's rounds (or blocks) are drawn independently.
+    Rows measured by several processes are resampled in two levels: processes first (process k of
+    both rows, which measured the same block of rounds, when paired), then rounds within each."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     estimate = float(np.median(a) / np.median(b)) if np.median(b) > 0 else float("inf")
+    if several(a_processes) or several(b_processes):
+        return _nested_ratio(a, b, a_rounds, b_rounds, a_processes, b_processes, paired, estimate)
     if paired and can_pair(a_rounds, b_rounds):
         common = sorted(set(np.unique(a_rounds).tolist()) & set(np.unique(b_rounds).tolist()))
         keep_a, keep_b = np.isin(a_rounds, common), np.isin(b_rounds, common)
@@ -216,3 +227,136 @@ def round_stats(samples: np.ndarray, rounds: Optional[np.ndarray]) -> Dict[str, 
     spread = between / within if within > 0 else (0.0 if between == 0 else float("inf"))
     return {"rounds": float(len(meds)), "round_cv": float(np.median(cvs)), "round_drift": float(np.median(drifts)),
             "round_spread": spread}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows measured by several worker processes: a two-level bootstrap, processes then rounds
+# ---------------------------------------------------------------------------------------------
+# A process is one draw of memory layout, thread placement and the runtime's start-up choices (pyperf's
+# reason for its worker processes): samples of one process share it, so the processes are the
+# independent units, and rounds within a process the next level (Davison & Hinkley 1997, section 3.8,
+# two-stage sampling: resampling both stages with replacement errs on the wide side, never the narrow
+# one). scipy.stats.bootstrap resamples one level only and no maintained package resamples nested
+# clusters, so the two levels are drawn here with numpy's Generator, from the same fixed SEED.
+
+PROCESS_SPREAD_LIMIT = 2.0   # process-spread: the processes' medians spread this many times what each explains
+PROCESS_SPREAD_MIN = 0.02    # ... and by at least this fraction of the median (smaller spreads change nothing)
+
+
+def several(processes: Optional[np.ndarray]) -> bool:
+    return processes is not None and len(np.unique(processes)) > 1
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A row's samples as cells (process, round), in a [process, round slot, loop] grid padded with NaN."""
+
+    grid: np.ndarray                       # [K, R, L]
+    cells: Tuple[Tuple[Tuple[int, int], ...], ...]   # per process k, the (process, round) of each slot
+
+    @classmethod
+    def of(cls, samples: np.ndarray, rounds: Optional[np.ndarray], processes: Optional[np.ndarray],
+           cells: Optional[Tuple[Tuple[Tuple[int, int], ...], ...]] = None) -> "Nested":
+        x = np.asarray(samples, np.float64)
+        procs = np.zeros(x.size, np.int64) if processes is None else np.asarray(processes, np.int64)
+        rnds = np.zeros(x.size, np.int64) if rounds is None else np.asarray(rounds, np.int64)
+        if cells is None:
+            cells = tuple(tuple((int(k), int(r)) for r in sorted(np.unique(rnds[procs == k]).tolist()))
+                          for k in sorted(np.unique(procs).tolist()))
+        parts = [[x[(procs == k) & (rnds == r)] for k, r in slots] for slots in cells]
+        width = max((p.size for slots in parts for p in slots), default=1)
+        depth = max(len(slots) for slots in parts)
+        grid = np.full((len(parts), depth, max(1, width)), np.nan)
+        for i, slots in enumerate(parts):
+            for j, p in enumerate(slots):
+                grid[i, j, :p.size] = p
+        return cls(grid, cells)
+
+
+def _nanmedian_rows(flat: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (rows hold different numbers of values): sort, then index."""
+    s = np.sort(flat, axis=1)                      # NaN sorts last
+    n = np.sum(~np.isnan(flat), axis=1)
+    n = np.maximum(n, 1)
+    rows = np.arange(flat.shape[0])
+    return 0.5 * (s[rows, (n - 1) // 2] + s[rows, n // 2])
+
+
+def nested_resamples(grids: List[Nested], cells: Tuple[Tuple[Tuple[int, int], ...], ...],
+                     resamples: int = RESAMPLES, seed: int = SEED, batch: int = 250) -> List[np.ndarray]:
+    """For grids laid out on the same `cells`, the pooled median of each grid in each resample: processes
+    drawn with replacement, then, within each drawn process, its rounds with replacement; every grid takes
+    the same draws (pairing)."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([len(slots) for slots in cells])
+    k_n, r_n = len(cells), int(counts.max())
+    out: List[List[np.ndarray]] = [[] for _ in grids]
+    done = 0
+    while done < resamples:
+        b = min(batch, resamples - done)
+        ks = rng.integers(0, k_n, size=(b, k_n))                       # processes
+        nr = counts[ks]                                                 # rounds each drawn process has
+        js = np.minimum((rng.random((b, k_n, r_n)) * nr[..., None]).astype(np.int64), r_n - 1)
+        keep = np.arange(r_n)[None, None, :] < nr[..., None]
+        for g, grid in enumerate(grids):
+            picked = grid.grid[ks[..., None], js]                       # [b, K, R, L]
+            picked = np.where(keep[..., None], picked, np.nan)
+            out[g].append(_nanmedian_rows(picked.reshape(b, -1)))
+        done += b
+    return [np.concatenate(o) for o in out]
+
+
+def _percentiles(values: np.ndarray) -> Tuple[float, float]:
+    alpha = (1 - CI_LEVEL) / 2
+    lo, hi = np.percentile(values[np.isfinite(values)], [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
+
+
+def _nested_ratio(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray],
+                  a_processes: Optional[np.ndarray], b_processes: Optional[np.ndarray], paired: bool,
+                  estimate: float) -> Interval:
+    ga, gb = Nested.of(a, a_rounds, a_processes), Nested.of(b, b_rounds, b_processes)
+    if paired:
+        common = tuple(tuple(c for c in slots if c in set(sb)) for slots, sb in zip(ga.cells, gb.cells))
+        common = tuple(slots for slots in common if slots)
+        if len(common) >= 2:
+            pa, pb = Nested.of(a, a_rounds, a_processes, common), Nested.of(b, b_rounds, b_processes, common)
+            ma, mb = nested_resamples([pa, pb], common)
+            lo, hi = _percentiles(ma / mb)
+            return Interval(estimate, lo, hi, paired=True)
+    (ma,) = nested_resamples([ga], ga.cells, seed=SEED)
+    (mb,) = nested_resamples([gb], gb.cells, seed=SEED + 1)
+    lo, hi = _percentiles(ma / mb)
+    return Interval(estimate, lo, hi)
+
+
+def process_stats(samples: np.ndarray, rounds: Optional[np.ndarray],
+                  processes: Optional[np.ndarray]) -> Dict[str, float]:
+    """How far the processes' medians spread, against what each process's own data explains.
+
+    `process_spread`: the robust standard deviation (1.4826 MAD) of the processes' medians, relative to
+    the row's median; `process_within`: the typical standard error of one process's median from its own
+    data (its rounds' medians where it has several, else its loops' MAD), relative likewise;
+    `process_ratio` = spread / within. {} for a row of one process."""
+    if not several(processes):
+        return {}
+    x = np.asarray(samples, np.float64)
+    procs = np.asarray(processes)
+    rnds = np.zeros(x.size, np.int64) if rounds is None else np.asarray(rounds)
+    overall = float(np.median(x))
+    meds, ses = [], []
+    for k in np.unique(procs):
+        y, yr = x[procs == k], rnds[procs == k]
+        meds.append(float(np.median(y)))
+        by_round = [float(np.median(y[yr == r])) for r in np.unique(yr)]
+        if len(by_round) >= 3:
+            ses.append(float(np.std(by_round, ddof=1)) / np.sqrt(len(by_round)))
+        else:
+            mad = 1.4826 * float(np.median(np.abs(y - np.median(y))))
+            ses.append(1.2533 * mad / np.sqrt(max(1, y.size)))
+    m = np.asarray(meds)
+    between = 1.4826 * float(np.median(np.abs(m - np.median(m))))
+    within = float(np.median(ses))
+    ratio = between / within if within > 0 else (0.0 if between == 0 else float("inf"))
+    return {"processes": float(len(meds)), "process_spread": between / overall if overall > 0 else 0.0,
+            "process_within": within / overall if overall > 0 else 0.0, "process_ratio": ratio}

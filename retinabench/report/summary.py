@@ -19,49 +19,43 @@ import numpy as np
 from retinabench.config import Scenario
 from retinabench.harness.loop import STAGES
 from retinabench.report.run_accuracy import write_accuracy
+from retinabench.report.run_data import BASELINE_BACKENDS
 from retinabench.records import Footprint, RowId
-from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, MIN_ROUNDS_FOR_SPREAD, NOISY_CV, ROUND_SPREAD_LIMIT,
-                                      STAGE_SUM_TOL, Measurement, drift, drifting, host_below_gpu, median_ci,
-                                      ratio_ci, round_stats, stage_sum_error)
+from retinabench.report.flags import FLAGS as FLAG_DEFS
+from retinabench.report.flags import (LEGACY_FLAGS, SHORT_WINDOW_S, WARMUP_LIMIT, WARMUP_MIN_MS,  # noqa: F401
+                                      describe, head_drift, relative_iqr, unsteady)
+from retinabench.report.stats import (PROCESS_SPREAD_LIMIT, PROCESS_SPREAD_MIN, STAGE_SUM_TOL, Measurement, drift,
+                                      host_below_gpu, median_ci, process_stats, ratio_ci, round_stats,
+                                      stage_sum_error)
 from retinabench.store import RowResult, RunStore
 
 # A row's memory and start-up (records.Footprint), at the end of every line of a passed row; empty in
-# runs recorded before footprints were (and the tables then leave their columns out).
+# runs recorded before footprints were (and the tables then leave their columns out). Rows of several
+# worker processes give the processes' medians, and the range of load_s.
 FOOTPRINT_COLUMNS = ["host_mib_baseline", "host_mib_loaded", "host_mib_load_peak", "host_mib_peak", "host_mib_source",
                      "gpu_mib_loaded", "gpu_mib_peak", "gpu_mib_source",
                      "torch_reserved_mib_loaded", "torch_reserved_mib_peak", "model_mib",
                      "load_s", "load_import_s", "load_read_s", "load_convert_s", "load_build_s",
                      "load_stage_build_s", "load_harness_s", "load_whole_s",
                      "first_call_ms", "first_call", "first_loop_ms"]
+# Processes, spread and contention (runs recorded since rows had several processes): what the row's
+# interval covers, how steady its loops were, and what other programs did while it measured.
+PROCESS_COLUMNS = ["processes", "load_s_min", "load_s_max", "process_spread", "process_within", "process_ratio",
+                   "spread_iqr", "warmup_drift", "rewarm_drift", "contention_cores_median", "contention_cores_max",
+                   "steal_s", "chunks", "chunks_replaced", "chunks_contended"]
 
 # The first columns are those of runs before rounds existed, in their order; new ones come after.
-SHORT_WINDOW_S = 2.0     # GPU utilisation over less than this many seconds of measured loops is flagged
-
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
                    "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "cv", "per_image_median_ms",
                    "images_per_s", "status", "flags", "threads", "precision", "device", "gpu_util_mean_pct",
                    "warmup", "drift", "stage_sum_err", "gpu_time_median_ms",
                    "rounds", "group", "median_ci_low_ms", "median_ci_high_ms", "round_cv", "round_drift",
                    "round_spread", "reference", "ratio", "ratio_ci_low", "ratio_ci_high", "ratio_paired",
-                   "gpu_window_s", "timing"] + FOOTPRINT_COLUMNS
+                   "gpu_window_s", "timing"] + FOOTPRINT_COLUMNS + PROCESS_COLUMNS
 
-# What each flag in summary.csv's `flags` column means (the validity legend of summary.md).
-FLAGS = {
-    "noisy": f"coefficient of variation above {NOISY_CV:.0%}",
-    "drift": f"the first 50 measured loops' median differs from the rest's by more than {DRIFT_LIMIT:.0%} "
-             "(warmup too short)",
-    "stages!=total": f"preprocess + inference + postprocess differ from the loop's total by more than {STAGE_SUM_TOL:.0%}",
-    "host<gpu": "host-clock inference median below the CUDA-event GPU time: the stage did not wait for the GPU",
-    "round-noisy": f"the median round's coefficient of variation is above {NOISY_CV:.0%}",
-    "round-drift": f"the first quarter of a round differs from the rest by more than {DRIFT_LIMIT:.0%} in the median "
-                   "round (re-warm too short)",
-    "rounds-disagree": f"the rounds' medians spread more than {ROUND_SPREAD_LIMIT:g}x what their own samples explain "
-                       "(the machine's speed changed between rounds)",
-    "short-window": f"GPU utilisation measured over less than {SHORT_WINDOW_S:g} s of measured loops (NVML's samples "
-                    "cover 1/6 s to 1 s each: few of them)",
-    "overlap": "other rows worked on the same host while this row measured (the row file's `overlaps` names them): "
-               "they shared its CPU, memory bandwidth and PCIe",
-}
+# What each flag in summary.csv's `flags` column means (the validity legend of summary.md), for runs
+# recorded before the flags were calibrated and since (retinabench.report.flags).
+FLAGS = {**LEGACY_FLAGS, **{k: describe(k) for k in FLAG_DEFS}}
 
 
 def reference_rows(rows: List[RowResult], reference: Optional[str]) -> Dict[RowId, RowResult]:
@@ -86,9 +80,51 @@ def _ratio_columns(r: RowResult, ref: Optional[RowResult], stage: int) -> Dict[s
     if ref.id == r.id:
         return {"reference": ref.key, "ratio": 1.0, "ratio_ci_low": 1.0, "ratio_ci_high": 1.0, "ratio_paired": True}
     paired = bool(r.group) and r.group == ref.group
-    iv = ratio_ci(r.samples_ns[:, stage], ref.samples_ns[:, stage], r.rounds, ref.rounds, paired=paired)
+    iv = ratio_ci(r.samples_ns[:, stage], ref.samples_ns[:, stage], r.rounds, ref.rounds, paired=paired,
+                  a_processes=r.processes, b_processes=ref.processes)
     return {"reference": ref.key, "ratio": iv.estimate, "ratio_ci_low": iv.low, "ratio_ci_high": iv.high,
             "ratio_paired": iv.paired}
+
+
+def baseline_spreads(rows: List[RowResult]) -> Dict[Any, List[float]]:
+    """(input, batch, group) -> the `empty` row's relative IQR per stage: the machine's own jitter in those
+    rounds, which `unsteady` compares a row's against (retinabench.report.flags)."""
+    out: Dict[Any, List[float]] = {}
+    for r in rows:
+        if r.passed and r.id.backend in BASELINE_BACKENDS:
+            out[(r.id.input, r.id.batch, r.group)] = [relative_iqr(r.samples_ns[:, i]) for i in range(len(STAGES))]
+    return out
+
+
+def chunk_starts(r: RowResult) -> Any:
+    """(first sample of each process, first sample of each later chunk within a process): where warmup
+    and re-warm loops ended."""
+    n = len(r.samples_ns)
+    procs = r.processes if r.processes is not None else np.zeros(n, np.int32)
+    rounds = r.rounds if r.rounds is not None else np.zeros(n, np.int32)
+    change_p = np.flatnonzero(np.diff(procs) != 0) + 1
+    change_r = np.flatnonzero((np.diff(rounds) != 0) & (np.diff(procs) == 0)) + 1
+    return np.concatenate([[0], change_p]).astype(int), change_r.astype(int)
+
+
+def process_columns(r: RowResult) -> Dict[str, Any]:
+    """The row-level columns of PROCESS_COLUMNS: processes, load range, contention (the spread columns
+    are per stage)."""
+    res = r.result
+    cols: Dict[str, Any] = {"processes": len(res.processes) or 1}
+    loads = [p.get("load_s") for p in res.processes if p.get("load_s") is not None]
+    if loads:
+        cols.update(load_s_min=min(loads), load_s_max=max(loads))
+    chunks = [c for c in res.contention if "wall_s" in c]
+    kept = [c for c in chunks if not c.get("replaced")]
+    if chunks:
+        cores = [float(c.get("others_cores") or 0.0) for c in kept] or [0.0]
+        cols.update(contention_cores_median=round(float(np.median(cores)), 4),
+                    contention_cores_max=round(float(max(cores)), 4),
+                    steal_s=round(sum(float(c.get("steal_s") or 0.0) for c in chunks), 3),
+                    chunks=len(kept), chunks_replaced=sum(1 for c in chunks if c.get("replaced")),
+                    chunks_contended=sum(1 for c in kept if c.get("contended")))
+    return cols
 
 
 def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -96,8 +132,9 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
 
     With a `reference` backend, every row's median at each stage is also given as a ratio to the
     reference row's, with a 95% interval (paired round by round where both rows were interleaved
-    in one group)."""
+    in one group; processes resampled first where rows ran in several)."""
     refs = reference_rows(rows, reference)
+    baselines = baseline_spreads(rows)
     out = []
     for r in rows:
         rid, settings = r.id, r.result.settings
@@ -112,33 +149,53 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
             out.append({**base, "stage": "total", "n": 0, "flags": r.reason})
             continue
         base.update(footprint_columns(r.result.footprint))
+        base.update(process_columns(r))
         base["warmup"] = 0 if r.warmup_ns is None else int(len(r.warmup_ns))
         sum_err = stage_sum_error(r.samples_ns)
         # Backends record a GPU time for every call, warmup included: the measured loops are the last ones.
         gpu_ms = (r.result.metrics.get("gpu_time_ms") or [])[-len(r.samples_ns):]
+        baseline = None if rid.backend in BASELINE_BACKENDS else baselines.get((rid.input, rid.batch, r.group))
+        process_starts, round_starts = chunk_starts(r)
         for i, stage in enumerate(STAGES):
-            m = Measurement.from_ns(r.samples_ns[:, i])
+            x = r.samples_ns[:, i]
+            m = Measurement.from_ns(x)
             flags = []
-            if m.noisy:
-                flags.append("noisy")
-            if drifting(r.samples_ns[:, i]):
-                flags.append("drift")
-            if r.overlaps:
-                flags.append("overlap")
-            ci = median_ci(r.samples_ns[:, i] / 1e6, r.rounds)
-            rs = round_stats(r.samples_ns[:, i] / 1e6, r.rounds)
+            ms = x / 1e6
+            ci = median_ci(ms, r.rounds, r.processes)
+            rs = round_stats(ms, r.rounds)
+            ps = process_stats(ms, r.rounds, r.processes)
+            spread = relative_iqr(x)
+            per_process = len(x) // max(1, len(process_starts))
+            warm = head_drift(x, process_starts, max(1, min(10, per_process // 4)))
+            chunk = len(x) // max(1, len(process_starts) + len(round_starts))
+            rewarm = head_drift(x, np.sort(np.concatenate([process_starts, round_starts])).astype(int),
+                                max(1, min(5, chunk // 4))) if len(round_starts) else 0.0
             extra: Dict[str, Any] = {"rounds": int(rs.get("rounds", 1)), "group": r.group,
                                      "median_ci_low_ms": ci.low, "median_ci_high_ms": ci.high,
-                                     **_ratio_columns(r, refs.get(r.id), i)}
+                                     "spread_iqr": round(spread, 4), "warmup_drift": round(warm, 4),
+                                     "rewarm_drift": round(rewarm, 4), **_ratio_columns(r, refs.get(r.id), i)}
             if rs:
                 extra.update(round_cv=round(rs["round_cv"], 4), round_drift=round(rs["round_drift"], 4),
                              round_spread=round(rs["round_spread"], 3))
-                if rs["round_cv"] > NOISY_CV:
-                    flags.append("round-noisy")
-                if abs(rs["round_drift"]) > DRIFT_LIMIT and m.median_ms > DRIFT_MIN_MS:
-                    flags.append("round-drift")
-                if rs["rounds"] >= MIN_ROUNDS_FOR_SPREAD and rs["round_spread"] > ROUND_SPREAD_LIMIT:
-                    flags.append("rounds-disagree")
+            # The shared host stages are the same numpy code in every row: their spread is the machine's,
+            # shown in the columns; a row's own flags are judged on the work that is its own.
+            own = stage in ("inference", "total") or bool(settings is not None and settings.device_stages)
+            if ps:
+                extra.update(process_spread=round(ps["process_spread"], 4),
+                             process_within=round(ps["process_within"], 4), process_ratio=round(ps["process_ratio"], 3))
+                if own and ps["process_ratio"] > PROCESS_SPREAD_LIMIT and ps["process_spread"] > PROCESS_SPREAD_MIN:
+                    flags.append("process-spread")
+            # against the empty row's same stage; for inference, its total (its inference is a no-op call)
+            jitter = baseline[STAGES.index("total") if stage == "inference" else i] if baseline else None
+            if own and rid.backend not in BASELINE_BACKENDS and unsteady(spread, jitter):
+                flags.append("unsteady")
+            long_enough = own and m.median_ms > WARMUP_MIN_MS
+            if long_enough and abs(warm) > WARMUP_LIMIT:
+                flags.append("warmup-short")
+            if long_enough and abs(rewarm) > WARMUP_LIMIT:
+                flags.append("rewarm-short")
+            if r.overlaps:
+                flags.append("overlap")
             if stage == "total":
                 extra["stage_sum_err"] = round(sum_err, 6)
                 # e2e and throughput rows' stage columns are CUDA-event times: they need not add up
@@ -147,15 +204,17 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
                 if r.result.gpu_monitor.get("util_mean_pct") is not None and \
                         float(r.result.gpu_monitor.get("window_s") or 0.0) < SHORT_WINDOW_S:
                     flags.append("short-window")
+                if base.get("chunks_contended"):
+                    flags.append("contended")
             if stage == "inference" and len(gpu_ms):
                 extra["gpu_time_median_ms"] = float(np.median(gpu_ms))
                 # staged rows only: an e2e or throughput row's inference column is the CUDA-event time itself
-                if base["timing"] in ("staged", "") and host_below_gpu(r.samples_ns[:, i], gpu_ms):
+                if base["timing"] in ("staged", "") and host_below_gpu(x, gpu_ms):
                     flags.append("host<gpu")
             out.append({**base, "stage": stage, **m.to_dict(), "cv": round(m.cv, 4),
                         "per_image_median_ms": m.median_ms / rid.batch,
                         "images_per_s": (1000.0 * rid.batch / m.median_ms) if m.median_ms > 0 else "",
-                        "drift": round(drift(r.samples_ns[:, i]), 4), **extra, "flags": " ".join(flags)})
+                        "drift": round(drift(x), 4), **extra, "flags": " ".join(flags)})
     return out
 
 
@@ -206,8 +265,10 @@ def validity_table(summary: List[Dict[str, Any]], fmt: str = "simple") -> str:
                       " ".join(f"{f}({','.join(st)})" for f, st in sorted(line["flags"].items()))])
     headers = ["backend", "variant", "device", "input", "batch", "loops", "warmup", "CV total", "CV inference",
                "drift total", "stage sum err", "GPU time ms", "flags"]
-    legend = "; ".join(f"{k}: {v}" for k, v in FLAGS.items())
-    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True) + f"\n\nFlags: {legend}."
+    present = sorted({f for line in lines.values() for f in line["flags"]})
+    legend = "\n".join(f"- {FLAG_DEFS[f].line(f) if f in FLAG_DEFS else f + ': ' + describe(f)}" for f in present)
+    return tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True) + \
+        (f"\n\nFlags:\n{legend}" if legend else "\n\nNo flags: nothing to act on.")
 
 
 def _pct(v: Any) -> str:
