@@ -368,8 +368,11 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     return scenario
 
 
-def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Scenario:
-    """Read and validate a YAML scenario, then apply environment and CLI overrides."""
+def read_config(path: Path) -> Any:
+    """A scenario file's YAML, parsed but not yet validated (`load_scenario` validates it).
+
+    The CLI reads it first where an option depends on what the file says (run's --backends keeps a
+    listed entry's options; its reference default depends on the file's reference)."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -380,13 +383,19 @@ def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Sce
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (UTF-8 expected)") from None
     try:
-        data = yaml.safe_load(text)  # safe: a config can never construct Python objects
+        return yaml.safe_load(text)  # safe: a config can never construct Python objects
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+
+
+def scenario_with_overrides(data: Any, source: str, overrides: Optional[Dict[str, Any]] = None) -> Scenario:
+    """Scenario data (a config's YAML, or one the CLI assembled) with environment and CLI overrides,
+    validated: RETINABENCH_MODEL / RETINABENCH_IMAGE over the data, `overrides` (None values
+    skipped) over both."""
     if isinstance(data, dict):
         data = dict(data)
         if os.environ.get("RETINABENCH_MODEL"):
@@ -396,5 +405,29 @@ def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Sce
         for k, v in (overrides or {}).items():
             if v is not None:
                 data[k] = v
-    return scenario_from_dict(data, str(path))
+    return scenario_from_dict(data, source)
 
+
+def load_scenario(path: Path, overrides: Optional[Dict[str, Any]] = None) -> Scenario:
+    """Read and validate a YAML scenario, then apply environment and CLI overrides."""
+    return scenario_with_overrides(read_config(path), str(Path(path)), overrides)
+
+
+def backend_entry_key(entry: Any) -> Optional[Tuple[str, str]]:
+    """(name, variant) of a `backends:` entry as a config writes it (a name, or a mapping with
+    `name`); None for anything else (validation names it later)."""
+    if isinstance(entry, str):
+        return entry, "default"
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        variant = entry.get("variant", "default")
+        return entry["name"], variant if isinstance(variant, str) else repr(variant)
+    return None
+
+
+def entry_on_device(entry: Any, device: str) -> Any:
+    """A `backends:` entry moved to `device` (run's --device: every entry, whatever it said)."""
+    if isinstance(entry, str):
+        return {"name": entry, "device": device}
+    if isinstance(entry, dict):
+        return {**entry, "device": device}
+    return entry

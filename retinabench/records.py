@@ -34,6 +34,7 @@ class ExitCode(enum.IntEnum):
     PARTIAL = 3         # CLI: some row failed, the others completed
     FAILED = 4          # worker: the row failed for a known reason (result.json says why)
     UNAVAILABLE = 5     # worker: the runtime or device is missing here (result.json says why)
+    SLOWER = 6          # CLI: `compare --fail-if-slower`: a row is slower beyond the threshold and its interval
     INTERRUPTED = 130   # CLI: SIGINT or SIGTERM; the finished rows are kept
 
 

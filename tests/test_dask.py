@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,7 +209,9 @@ def _bench_workers() -> Dict[int, str]:
 
 
 def _worker_of(key: str) -> Optional[int]:
-    return next((pid for pid, cmd in _bench_workers().items() if f"/{key}/job.json" in cmd), None)
+    """The live worker of a row: its job is .work/<key>/p<k>/job.json (process k of the row)."""
+    found = re.compile(rf"/{re.escape(key)}/p\d+/job\.json")
+    return next((pid for pid, cmd in _bench_workers().items() if found.search(cmd)), None)
 
 
 def wait_for(what, timeout: float = 90.0, step: float = 0.05):

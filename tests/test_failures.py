@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,8 @@ class Bench:
     def worker(self, key: str) -> Optional[int]:
         kids = children(self.proc.pid)
         self.seen.update(kids)
-        return next((pid for pid, cmd in kids.items() if f"/.work/{key}/job.json" in cmd), None)
+        found = re.compile(rf"/\.work/{re.escape(key)}/p\d+/job\.json")   # process k of the row
+        return next((pid for pid, cmd in kids.items() if found.search(cmd)), None)
 
     def run_dir(self) -> Optional[Path]:
         dirs = [d for d in self.out.glob("*") if (d / "run.json").exists()] if self.out.exists() else []

@@ -357,11 +357,13 @@ def tiny_run(tmp_path_factory, mnet25_dir, t1_path):
     return run, out.stdout
 
 
-def test_summary_csv_has_the_footprint_columns_at_the_end(tiny_run):
-    from retinabench.report.summary import FOOTPRINT_COLUMNS, SUMMARY_COLUMNS
+def test_summary_csv_has_the_footprint_columns_after_the_older_ones(tiny_run):
+    from retinabench.report.summary import FOOTPRINT_COLUMNS, PROCESS_COLUMNS, SUMMARY_COLUMNS
     run, _ = tiny_run
     lines = list(csv.DictReader((run / "summary.csv").open()))
-    assert list(lines[0])[-len(FOOTPRINT_COLUMNS):] == FOOTPRINT_COLUMNS == SUMMARY_COLUMNS[-len(FOOTPRINT_COLUMNS):]
+    # footprints came after the columns before them, processes and contention after footprints
+    assert list(lines[0]) == SUMMARY_COLUMNS
+    assert SUMMARY_COLUMNS[-len(FOOTPRINT_COLUMNS) - len(PROCESS_COLUMNS):-len(PROCESS_COLUMNS)] == FOOTPRINT_COLUMNS
     ort = [ln for ln in lines if ln["backend"] == "onnxruntime"]
     assert len(ort) == 4 and len({ln["host_mib_loaded"] for ln in ort}) == 1     # per row, on every stage line
     o = ort[0]
@@ -442,10 +444,13 @@ def test_gpu_rows_report_their_process_memory(tmp_path, mnet25_dir, t1_path):
 def test_the_meter_imports_like_the_records():
     """The Caffe worker (Python 3.9) imports the meter: 3.9 syntax, the standard library and records at the top."""
     import ast
-    tree = ast.parse((ROOT / "retinabench" / "harness" / "footprint.py").read_text(), feature_version=(3, 9))
-    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-    assert top - set(sys.stdlib_module_names) == {"retinabench.records"}
+    allowed = {"footprint.py": {"retinabench.records", "retinabench.harness.device_processes"},
+               "device_processes.py": set(), "cpu_load.py": set()}
+    for name, ours in allowed.items():
+        tree = ast.parse((ROOT / "retinabench" / "harness" / name).read_text(), feature_version=(3, 9))
+        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        assert top - set(sys.stdlib_module_names) - {"__future__"} == ours, name
 
 
 def test_gpu_columns_and_notes_from_recorded_rows():

@@ -27,6 +27,7 @@ def _scenario(tmp: Path, mnet25_dir: Path, t1_path: Path, backends, **extra) -> 
     cfg = tmp / "s.yaml"
     data = {"name": "rounds", "model": str(mnet25_dir), "images": [str(t1_path)], "input": SIZE, "threads": 1,
             "loops": 24, "warmup": 2, "round_loops": 4, "rewarm_loops": 1, "seed": 7, "backends": backends,
+            "processes": 1,   # rounds as they are within one process (tests/test_processes.py: several)
             "reference": "onnxruntime"}
     data.update(extra)
     cfg.write_text(yaml.safe_dump(data))

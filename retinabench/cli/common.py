@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -48,6 +49,33 @@ def resolve_images(values: Sequence[str]) -> List[Path]:
         load_image(p)
         paths.append(p.resolve())
     return paths
+
+
+def check_writable_dir(path: Path, what: str) -> Path:
+    """`path` as a folder this process could create and write in; else one line naming it. Nothing is
+    left behind: a run that stops later (a bad model, say) leaves no empty results folder.
+
+    Checked by creating (and removing) a file in the folder, or, where it does not exist yet, in its
+    nearest existing parent, not with os.access: permissions are not the only reason a write fails (a
+    read-only mount, /proc, a full quota, root squashed on NFS), and a run should stop before any row
+    loads, not after its first row measured for minutes.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "exists and is not a folder" if probe == path else f"cannot be created: {probe} is not a folder"
+        raise BenchError(f"{what}: {path} {where}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".retinabench-write-check-"):
+            pass
+    except OSError as e:
+        verb = "write in the folder" if probe == path else "create the folder"
+        raise BenchError(f"{what}: cannot {verb} {path} ({e.strerror or e})") from None
+    return path
 
 
 class ProgressBar:

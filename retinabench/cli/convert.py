@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from retinabench.cli.common import check_writable_dir
 from retinabench.cli.registry import subcommand
 from retinabench.errors import BenchError
 from retinabench.records import ExitCode
@@ -24,12 +25,14 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("model", help="model directory or file (MXNet checkpoint, Caffe prototxt, ONNX)")
     p.add_argument("--to", choices=TARGETS, default="caffe", help="target format (default: caffe)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--size", default=DEFAULT_SIZE, help=f"input WIDTHxHEIGHT written into the prototxt (default {DEFAULT_SIZE})")
-    p.add_argument("--batch", type=int, default=1, help="input batch size written into the prototxt (default 1)")
+    p.add_argument("--size", default=DEFAULT_SIZE,
+                   help=f"input WIDTHxHEIGHT written into the prototxt (default: {DEFAULT_SIZE})")
+    p.add_argument("--batch", type=int, default=1, help="input batch size written into the prototxt (default: 1)")
     p.add_argument("--upsample", choices=UPSAMPLE_POLICIES, default="exact",
                    help="nearest UpSampling as Deconvolution: 'exact' (kernel 2, all ones; identical) or "
                         "'bilinear' (kernel 4, pad 1; the original project's, changes outputs)")
-    p.add_argument("--family", default=None, help="model family, if not the format's default")
+    p.add_argument("--family", default=None,
+                   help="model family (default: insightface for MXNet and Caffe, recognised for ONNX)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -44,6 +47,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise BenchError(f"--batch {args.batch}: expected a positive batch size")
     model = open_model(Path(args.model), args.family)
+    check_writable_dir(Path(args.out), "--out")  # one line, not a traceback from the writer
     prototxt, caffemodel = convert_to_caffe(model, Path(args.out), (args.batch, 3, height, width), args.upsample)
     print(f"wrote {prototxt} and {caffemodel} (input {args.batch}x3x{height}x{width}, upsample {args.upsample})")
     return ExitCode.OK

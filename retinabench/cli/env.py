@@ -1,4 +1,5 @@
-"""`bench.py env`: the environment fingerprint, and which backends are available here and why not."""
+"""`bench.py env`: the environment fingerprint, which backends are available here and why not, and
+where the caches are."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,23 @@ def cmd_env(args: argparse.Namespace) -> int:
         except BenchError as e:
             ok, reason = False, str(e)
         print(f"{name:14s} {'available' if ok else 'unavailable: ' + reason}")
+    print(caches_line())
     return ExitCode.OK
+
+
+def caches_line() -> str:
+    """Where the caches are, so a user can find (or clear) them: they live outside the project."""
+    from retinabench.defaults import cache_dir
+    from retinabench.graph.cache import cache_root
+    from retinabench.harness.process import worker_env
+
+    inductor = worker_env().get("TORCHINDUCTOR_CACHE_DIR", "")
+    return (f"caches: default model and image {cache_dir()}, converted models {cache_root()}, "
+            f"torch.compile kernels {inductor}")
 
 
 @subcommand("env")
 def register(sub: "argparse._SubParsersAction") -> None:
-    envp = sub.add_parser("env", help="print the environment fingerprint and which backends are available")
+    envp = sub.add_parser("env", help="print the environment fingerprint, which backends are available, and "
+                                      "where the caches are")
     envp.set_defaults(func=cmd_env)

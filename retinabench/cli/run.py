@@ -1,14 +1,30 @@
-"""`bench.py --config X.yaml` (or `bench.py run --config X.yaml`): run a scenario, print its table."""
+"""`bench.py --config X.yaml` (or `bench.py run --config X.yaml`): run a scenario, print its table.
+
+Common variations need no YAML: `--backends 'onnxruntime, openvino:bf16'` picks the rows (with or
+without --config), `--reference`, `--size WxH`, `--device`, `--loops`, `--warmup` and `--threads`
+change what the config says. Before any row loads, the output folder is checked for writing and
+thread counts above the machine's cores are a warning (kept in run.json's `warnings`).
+"""
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from retinabench.cli.common import ProgressBar, resolve_images, resolve_model
+from retinabench.cli.common import ProgressBar, check_writable_dir, resolve_images, resolve_model
 from retinabench.cli.registry import subcommand
+from retinabench.errors import BenchError
 from retinabench.records import ExitCode
 from retinabench.store import RowResult
+
+if TYPE_CHECKING:
+    from retinabench.config import Scenario
+
+DEFAULT_SIZE = "1280x896"   # the input of a scenario given without --config (the original's first table)
 
 
 def row_done(r: RowResult, i: int, n: int) -> None:
@@ -24,16 +40,83 @@ def row_done(r: RowResult, i: int, n: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from retinabench.config import load_scenario
     from retinabench.harness.process import worker_memory_limit
     from retinabench.harness.runner import run_scenario
     from retinabench.report.summary import summarise_run, validity_table
     from retinabench.report.tables import stage_table
 
-    overrides = {"loops": args.loops, "warmup": args.warmup, "model": args.model,
-                 "images": args.image, "threads": args.threads, "schedule": args.schedule, "seed": args.seed}
-    if args.backends:
-        overrides["backends"] = args.backends.split(",")
+    scenario, notes = scenario_from_args(args)
+    results_root = Path(args.out or scenario.results_dir)
+    check_output(args, results_root)
+    worker_memory_limit()  # a bad RETINABENCH_WORKER_MEMORY_LIMIT is an error now, not a failed row later
+    model = resolve_model(scenario.model)
+    images = resolve_images(scenario.images)
+    warnings = thread_warnings(scenario)
+    for line in notes + [f"warning: {w}" for w in warnings]:
+        print(line, file=sys.stderr)
+    print(f"scenario {scenario.name}: model {model}, {len(images)} image(s), input {scenario.input.label}, "
+          f"{len(scenario.rows())} row(s) x {scenario.loops} loops (+{scenario.warmup} warmup)", file=sys.stderr)
+    outcome = run_scenario(scenario, model, images, results_root, summarise_run,
+                           resume=Path(args.resume) if args.resume else None,
+                           progress_factory=ProgressBar,
+                           on_row_done=row_done, warnings=warnings)
+    summary = outcome.summary
+    print(stage_table(summary))
+    print(validity_table(summary))
+    for r in outcome.rows:
+        faces = (r.result.faces or [[]])[0]
+        if r.status == "passed":
+            print(f"{r.key}: {len(faces)} face(s) in the first image")
+    print(f"results: {outcome.run_dir} ({outcome.status})")
+    if outcome.status == "contended":
+        from retinabench.store import RunStore
+        print(RunStore(outcome.run_dir).read_meta().get("reason", ""))
+    if outcome.status == "incomplete":
+        print(f"run interrupted; finish it with: {resume_command(args, outcome.run_dir)}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
+
+
+# ---- the scenario: a config, or the command line alone, with the options over it
+
+def scenario_from_args(args: argparse.Namespace) -> Tuple["Scenario", List[str]]:
+    """The scenario to run: --config's file (or, without one, `cli_scenario_data`) under the options,
+    and the lines to show before the run (a reference chosen for the user), once it is valid.
+
+    --backends, --device and the reference default need the file's backend entries and reference,
+    so the file is read first and those options rewrite its data; the rest are plain overrides."""
+    from retinabench.config import read_config, scenario_with_overrides
+
+    if not args.config and not args.backends:
+        raise BenchError("run needs --config FILE.yaml or --backends NAME[:VARIANT],... "
+                         "(e.g. bench.py run --backends onnxruntime,openvino --size 640x448 --loops 100)")
+    data = read_config(Path(args.config)) if args.config else cli_scenario_data(args.size)
+    notes: List[str] = []
+    if isinstance(data, dict):  # anything else: validation names what is wrong
+        data = dict(data)
+        entries = data.get("backends") if isinstance(data.get("backends"), list) else []
+        if args.backends:
+            data["backends"] = entries = chosen_entries(parse_backends(args.backends), entries)
+        if args.backends or args.reference:
+            data["reference"], note = pick_reference(args.reference, data.get("reference"), entries)
+            notes += [note] if note else []
+        if args.device:
+            from retinabench.config import entry_on_device
+            data["device"] = device_arg(args.device)
+            if isinstance(data.get("backends"), list):
+                data["backends"] = [entry_on_device(e, data["device"]) for e in data["backends"]]
+    return scenario_with_overrides(data, args.config or "<command line>", _overrides(args)), notes
+
+
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options that replace one field of the scenario each (None: not given, the file's value)."""
+    from retinabench.config import fit_input
+
+    overrides: Dict[str, Any] = {"loops": args.loops, "warmup": args.warmup, "model": args.model,
+                                 "images": args.image, "threads": args.threads, "schedule": args.schedule,
+                                 "seed": args.seed}
+    if args.size:
+        overrides["input"] = fit_input(args.size, "--size").to_json()
     if args.processes is not None:
         overrides["processes"] = args.processes
     if args.contention_limit is not None:
@@ -44,30 +127,165 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["scheduler"] = args.scheduler
     elif args.executor == "local":
         overrides["scheduler"] = ""  # --executor local: the config's scheduler, if any, is not used
-    scenario = load_scenario(Path(args.config), overrides)
-    worker_memory_limit()  # a bad RETINABENCH_WORKER_MEMORY_LIMIT is an error now, not a failed row later
-    model = resolve_model(scenario.model)
-    images = resolve_images(scenario.images)
-    results_root = Path(args.out or scenario.results_dir)
-    print(f"scenario {scenario.name}: model {model}, {len(images)} image(s), input {scenario.input.label}, "
-          f"{len(scenario.rows())} row(s) x {scenario.loops} loops (+{scenario.warmup} warmup)", file=sys.stderr)
-    outcome = run_scenario(scenario, model, images, results_root, summarise_run,
-                           resume=Path(args.resume) if args.resume else None,
-                           progress_factory=ProgressBar,
-                           on_row_done=row_done)
-    summary = outcome.summary
-    print(stage_table(summary))
-    print(validity_table(summary))
-    for r in outcome.rows:
-        faces = (r.result.faces or [[]])[0]
-        if r.status == "passed":
-            print(f"{r.key}: {len(faces)} face(s) in the first image")
-    print(f"results: {outcome.run_dir} ({outcome.status})")
-    if outcome.status == "incomplete":
-        print(f"run interrupted; finish it with: python bench.py --config {args.config} --resume {outcome.run_dir}",
-              file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
+    return overrides
+
+
+def cli_scenario_data(size: Optional[str]) -> Dict[str, Any]:
+    """A scenario without a file: the default model and image, fit into --size (default 1280x896,
+    the original's first table), the Scenario's own defaults for the rest (1000 loops, 50 warmup).
+
+    Named cli-WxH, so its run folders never pass for a shipped scenario's (whose backends are fixed)."""
+    from retinabench.config import fit_input
+
+    spec = fit_input(size or DEFAULT_SIZE, "--size")
+    return {"name": f"cli-{spec.label}", "model": "default", "images": ["default"], "input": spec.to_json()}
+
+
+def parse_backends(text: str) -> List[Tuple[str, str]]:
+    """--backends 'onnxruntime, openvino:bf16' -> [(name, variant), ...], each checked against the
+    registry, so a typo is one line naming the known backends (or the backend's known variants)."""
+    from backends.base import REGISTRY, backend_class
+
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise BenchError(f"--backends {text!r}: expected NAME[:VARIANT],..., e.g. onnxruntime,openvino:bf16")
+    chosen: List[Tuple[str, str]] = []
+    for item in items:
+        name, colon, variant = (part.strip() for part in item.partition(":"))
+        if not name or (colon and not variant):
+            raise BenchError(f"--backends {text!r}: {item!r} is not NAME or NAME:VARIANT")
+        if name not in REGISTRY:
+            raise BenchError(f"--backends: unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})"
+                             + _did_you_mean(name, REGISTRY))
+        variant = variant or "default"
+        try:
+            variants = backend_class(name).variants
+        except BenchError as e:
+            raise BenchError(f"--backends: {e}") from None
+        if variant not in variants:
+            raise BenchError(f"--backends: backend {name!r} has no variant {variant!r} "
+                             f"(known: {', '.join(variants)})" + _did_you_mean(variant, variants))
+        if (name, variant) in chosen:
+            raise BenchError(f"--backends: {name}:{variant} is listed twice")
+        chosen.append((name, variant))
+    return chosen
+
+
+def _did_you_mean(word: str, known: Any) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def chosen_entries(chosen: List[Tuple[str, str]], listed: List[Any]) -> List[Any]:
+    """The config's own entry for each chosen (name, variant) where it lists one (its device,
+    options and env kept), else a plain one: `--backends onnxruntime` on a GPU config whose
+    onnxruntime row is on the CPU stays on the CPU."""
+    from retinabench.config import backend_entry_key
+
+    out: List[Any] = []
+    for name, variant in chosen:
+        same = [e for e in listed if backend_entry_key(e) == (name, variant)]
+        out.append(same[0] if same else (name if variant == "default" else {"name": name, "variant": variant}))
+    return out
+
+
+def pick_reference(given: Optional[str], configured: Any, entries: List[Any]) -> Tuple[Any, str]:
+    """The backend the ratios and the accuracy section compare against, and a line to say why when
+    it is not the one the user or the config named.
+
+    --reference NAME when given (one of the chosen backends); else the config's, when it is among
+    them; else the first chosen backend (a shipped config's reference, MXNet say, is often not among
+    the two backends a user picks, and ratios need one)."""
+    from retinabench.config import backend_entry_key
+
+    names = list(dict.fromkeys(k[0] for k in map(backend_entry_key, entries) if k))
+    if given is not None:
+        if given not in names:
+            raise BenchError(f"--reference {given!r}: not one of the chosen backends ({', '.join(names)})"
+                             + _did_you_mean(given, names))
+        return given, ""
+    if configured in names or not names:
+        return configured, ""
+    why = f"; the config's reference {configured!r} is not among them" if configured else ""
+    return names[0], f"reference: {names[0]} (the first of --backends{why}; --reference NAME picks another)"
+
+
+def device_arg(text: str) -> str:
+    """--device: cpu, cuda or cuda:N, for every backend entry."""
+    from retinabench.records import check_device
+    try:
+        return check_device(text.strip())
+    except ValueError as e:
+        raise BenchError(f"--device: {e}") from None
+
+
+# ---- before the run: where it writes, how many threads it asks for
+
+def check_output(args: argparse.Namespace, results_root: Path) -> None:
+    """The folder the run writes to can be written, before any model is read or row loaded: a bad
+    --out is one line now, not a traceback after the first row. A --resume folder that does not
+    exist is left to the run store, which says it is not a run folder (nothing is created here)."""
+    if args.resume:
+        if Path(args.resume).is_dir():
+            check_writable_dir(Path(args.resume), "--resume")
+        return
+    check_writable_dir(results_root, "--out" if args.out else "results_dir")
+
+
+def thread_warnings(scenario: "Scenario") -> List[str]:
+    """One line per thread count above the cores this process may run on: the backends' threads
+    would then take turns on the cores, and the times would measure the switching too.
+
+    Rows on a remote Dask cluster run on other machines, whose cores are not known here: no check."""
+    if scenario.executor == "dask" and scenario.scheduler:
+        return []
+    cores = usable_cores()
+    over: Dict[int, List[str]] = {}
+    for b in scenario.backends:
+        if b.threads is not None and b.threads > cores:
+            over.setdefault(b.threads, []).append(b.name if b.variant == "default" else f"{b.name}:{b.variant}")
+    return [f"threads {t} is more than the {cores} core(s) this machine gives the run ({', '.join(names)}): "
+            "the threads will share cores and the times will include their switching"
+            for t, names in sorted(over.items())]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one, e.g. in a container
+    limited with --cpuset-cpus), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resume_command(args: argparse.Namespace, run_dir: Path) -> str:
+    """The command that finishes an interrupted run: this one's arguments, with --resume RUN_DIR."""
+    argv = list(getattr(args, "argv", None) or ["run", "--config", str(args.config)])
+    kept: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            kept.append(a)
+    return shlex.join(["python", "bench.py", *kept, "--resume", str(run_dir)])
+
+
+def count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `least` (--loops 0 is refused by the option's name, in
+    argparse's one line, rather than later by the config field's)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {least}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: expected a whole number >= {least}")
+        return value
+    parse.__name__ = "count"  # what argparse names in its message
+    return parse
 
 
 def _limit(text: str) -> object:
@@ -82,16 +300,40 @@ def _limit(text: str) -> object:
 
 @subcommand("run")
 def register(sub: "argparse._SubParsersAction") -> None:
-    run = sub.add_parser("run", help="run a scenario (the default when --config is given)")
-    run.add_argument("--config", required=True, help="scenario YAML, e.g. configs/1280x896.yaml")
-    run.add_argument("--model", help="model path or 'default' (overrides config and RETINABENCH_MODEL)")
-    run.add_argument("--image", action="append", help="image path (repeatable; overrides config and RETINABENCH_IMAGE)")
-    run.add_argument("--loops", type=int, help="measured loops (default: the config's, 1000)")
-    run.add_argument("--warmup", type=int, help="warmup loops, excluded from the statistics")
-    run.add_argument("--threads", type=int, help="intra-op threads for every backend")
-    run.add_argument("--backends", help="comma-separated backend names replacing the config's list")
-    run.add_argument("--out", help="results root (default: the config's results_dir)")
-    run.add_argument("--resume", help="finish an interrupted run folder: run only its missing rows")
+    run = sub.add_parser("run", help="run a scenario (the default when the first argument is an option)",
+                         description="Run a scenario, a YAML file (--config) or the command line alone "
+                                     "(--backends),\nand print its table; the options change what the file says.",
+                         epilog="examples:\n"
+                                "  bench.py run --config configs/smoke.yaml\n"
+                                "  bench.py run --backends 'onnxruntime, openvino:bf16' --size 640x448 --loops 100\n"
+                                "  bench.py run --config configs/1280x896.yaml --backends onnxruntime,openvino "
+                                "--loops 200")
+    run.add_argument("--config", metavar="FILE", help="scenario YAML, e.g. configs/1280x896.yaml (default: none: the default model "
+                                      f"and image at --size, {DEFAULT_SIZE} if not given; needs --backends)")
+    run.add_argument("--model", help="model path or 'default' (default: the config's; RETINABENCH_MODEL overrides "
+                                     "the config, this option both)")
+    run.add_argument("--image", action="append", help="image path, repeatable (default: the config's; "
+                                                      "RETINABENCH_IMAGE overrides the config, this option both)")
+    run.add_argument("--backends", metavar="NAME[:VARIANT],...",
+                     help="the rows to run, e.g. 'onnxruntime, openvino:bf16', replacing the config's list; a "
+                          "backend the config lists keeps its settings (default: the config's list)")
+    run.add_argument("--reference", metavar="NAME",
+                     help="backend the ratios and the accuracy section compare against (default: the config's "
+                          "when it is among the backends, else the first of --backends)")
+    run.add_argument("--size", metavar="WxH",
+                     help="input WIDTHxHEIGHT, multiples of 32, the image fitted into it (default: the config's "
+                          f"input; {DEFAULT_SIZE} without --config)")
+    run.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N for every backend (default: each "
+                                                        "backend's device in the config; cpu without --config)")
+    run.add_argument("--loops", type=count(1), metavar="N", help="measured loops per row (default: the config's; 1000 without it)")
+    run.add_argument("--warmup", type=count(0), metavar="N", help="warmup loops per row, excluded from the statistics (default: the "
+                                                "config's; 50 without it)")
+    run.add_argument("--threads", type=count(1), metavar="N", help="intra-op threads for every backend (default: the config's; "
+                                                 "without it, each runtime's own choice)")
+    run.add_argument("--out", help="results root; the run writes RESULTS_ROOT/<UTC time>-<scenario>/ "
+                                   "(default: the config's results_dir, 'results')")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="finish an interrupted run folder: run only its missing rows (default: a new run)")
     run.add_argument("--schedule", choices=("interleaved", "sequential"),
                      help="how rows share the machine (default: the config's, interleaved rounds)")
     run.add_argument("--seed", type=int, help="seed of the interleaved rounds' shuffles (default: a fresh one, recorded)")
@@ -102,7 +344,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                      help="CPU (in cores) other programs may use during a chunk before it is measured again, or 'off' "
                           "(default: the config's, 0.1)")
     run.add_argument("--executor", choices=("local", "dask"),
-                     help="where rows run: here (default), or on the workers of a Dask cluster")
+                     help="where rows run: here, or on the workers of a Dask cluster (default: the config's, local)")
     run.add_argument("--scheduler", metavar="ADDR",
                      help="with --executor dask: the Dask scheduler, e.g. tcp://10.0.0.5:8786 "
                           "(default: a LocalCluster, or LocalCUDACluster for CUDA rows, on this machine)")

@@ -4,6 +4,9 @@ An entry is a directory named by the sha256 of its key (source model hash, input
 converter version, runtime version...). It is built in a temporary directory beside it and renamed
 into place, so a crash never leaves a half-written entry; its manifest records each file's sha256,
 and an entry whose files do not match the manifest is rebuilt, not used.
+
+Entries live under the user's cache (retinabench.defaults.cache_home: <cache home>/converted),
+or under $RETINABENCH_CACHE; never inside the project, which may be installed read-only.
 """
 from __future__ import annotations
 
@@ -15,12 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict
 
-ROOT = Path(__file__).resolve().parents[2]
+from retinabench.defaults import cache_home
+
 MANIFEST = "manifest.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RETINABENCH_CACHE", ROOT / ".cache" / "converted"))
+    """$RETINABENCH_CACHE, else <cache home>/converted: one folder per kind of artifact below it."""
+    own = os.environ.get("RETINABENCH_CACHE")
+    return Path(own) if own else cache_home() / "converted"
 
 
 def key_hash(key: Dict[str, object]) -> str:

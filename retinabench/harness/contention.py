@@ -1,5 +1,8 @@
 """Measuring around other programs: a contended chunk is measured again once the machine is quiet.
 
+On a GPU row, another process that ran kernels on the row's device during the chunk (NVML's
+per-process utilisation: retinabench.harness.gpu_monitor.GpuMonitor.others) makes it contended too.
+
 Interleaved rounds cancel what hits every row alike, but a busy spell shorter than a round hits one
 row and not the next, and each runtime slows by its own factor under contention. So every chunk
 comes back with what other programs took while it ran (retinabench.harness.cpu_load). A chunk
@@ -30,7 +33,11 @@ GIVE_UP_AFTER = 3        # waits in a row that found no quiet: the contention is
 
 def contended(load: Dict[str, Any], limit: Optional[float]) -> bool:
     """A chunk's (or a quiet check's) reading exceeds `limit` cores beyond its tick uncertainty."""
-    if limit is None or not load or float(load.get("wall_s") or 0.0) <= 0:
+    if limit is None or not load:
+        return False
+    if load.get("gpu_others_busy"):   # another process ran kernels on the row's GPU meanwhile
+        return True
+    if float(load.get("wall_s") or 0.0) <= 0 or "others_s" not in load:
         return False
     return float(load["others_s"]) - float(load.get("slack_s") or 0.0) > limit * float(load["wall_s"])
 

@@ -57,10 +57,10 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from retinabench.harness.device_processes import STATUS, compute_processes, own_pids  # noqa: F401
 from retinabench.records import Footprint
 
 MIB = float(2 ** 20)
-STATUS = "/proc/self/status"
 CLEAR_REFS = "/proc/self/clear_refs"
 STATUS_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 LAPS = ("import", "read", "convert", "build", "stage_build", "harness")
@@ -109,21 +109,6 @@ def rusage_peak() -> Optional[int]:
     except (ImportError, OSError, ValueError):
         return None
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-def own_pids(status_text: Optional[str] = None) -> List[int]:
-    """This process's pid, and its pids in every pid namespace /proc shows (the NSpid line)."""
-    pids = [os.getpid()]
-    if status_text is None:
-        try:
-            with open(STATUS) as f:
-                status_text = f.read()
-        except OSError:
-            status_text = ""
-    for line in status_text.splitlines():
-        if line.startswith("NSpid:"):
-            pids += [int(p) for p in line.split()[1:] if p.isdigit() and int(p) not in pids]
-    return pids
 
 
 def _field(entry: Any, name: str) -> Any:
@@ -200,17 +185,6 @@ def _above(b: Optional[int], base: Optional[int]) -> Optional[float]:
 
 def _text(value: Any) -> str:
     return value.decode("ascii", "replace").strip("\0") if isinstance(value, bytes) else str(value)
-
-
-def compute_processes(nv: Any, handle: Any) -> List[Any]:
-    """NVML's compute processes on a device: the v3 query where pynvml has it, else the plain one."""
-    v3 = getattr(nv, "nvmlDeviceGetComputeRunningProcesses_v3", None)
-    if v3 is not None:
-        try:
-            return list(v3(handle))
-        except Exception:  # an older driver without the v3 symbol: the versioned-by-default call
-            pass
-    return list(nv.nvmlDeviceGetComputeRunningProcesses(handle))
 
 
 # ---------------------------------------------------------------------------------------------

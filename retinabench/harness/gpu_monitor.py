@@ -357,6 +357,42 @@ class GpuMonitor:
                                  notes=self.notes, clock=self._clock)
         return self._record
 
+    # -- other processes on the device (retinabench.harness.contention) -------------------
+
+    def others(self, since: float, own: Sequence[int] = ()) -> Dict[str, Any]:
+        """What other processes did on this device since `since` (time.time()): NVML's compute processes
+        that are not this one, with their SM utilisation samples from nvmlDeviceGetProcessUtilization.
+        `gpu_others_busy`: one of them ran kernels meanwhile. {} without NVML; never raises."""
+        nv, h = self._nv, self._handle
+        if nv is None:
+            return {}
+        try:
+            from retinabench.harness.device_processes import compute_processes, own_pids
+            mine = set(own) | set(own_pids())
+            listed = [int(getattr(p, "pid", 0)) for p in compute_processes(nv, h)]
+        except Exception as e:
+            return {"gpu_others_note": f"nvmlDeviceGetComputeRunningProcesses: {type(e).__name__}: {e}"}
+        out: Dict[str, Any] = {"gpu_processes": len(listed)}
+        if listed and not mine & set(listed):
+            out["gpu_others_note"] = ("NVML lists pids of another pid namespace: this process cannot be told apart "
+                                      "from others on the device")
+            return out
+        others = [p for p in listed if p not in mine]
+        out["gpu_others"] = others
+        busy: Dict[int, float] = {}
+        if others:
+            try:
+                samples = nv.nvmlDeviceGetProcessUtilization(h, int((since - self._offset) * 1e6))
+            except Exception:   # NVML_ERROR_NOT_FOUND: no process sample in the window
+                samples = []
+            for smp in samples:
+                pid = int(getattr(smp, "pid", 0))
+                if pid in others:
+                    busy[pid] = max(busy.get(pid, 0.0), float(getattr(smp, "smUtil", 0) or 0))
+        out["gpu_others_sm_pct"] = {str(k): v for k, v in busy.items()}
+        out["gpu_others_busy"] = any(v > 0 for v in busy.values())
+        return out
+
     # -- compatibility with the worker's former calls (start at the measured loop, stop after) --
 
     def start(self) -> None:

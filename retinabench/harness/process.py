@@ -62,7 +62,8 @@ def worker_env(base: Optional[dict] = None) -> dict:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     # torch.compile's kernels are reused across rows and runs (a cold compile is tens of seconds per shape)
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+    from retinabench.defaults import cache_home  # the user's cache, never the project's folder
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_home(env) / "inductor"))
     return env
 
 

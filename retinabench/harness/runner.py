@@ -210,14 +210,15 @@ class _Session:
 def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_root: Path,
                  summarise: Summariser, resume: Optional[Path] = None,
                  progress_factory: Optional[ProgressFactory] = None,
-                 on_row_done: Optional[RowCallback] = None) -> RunOutcome:
+                 on_row_done: Optional[RowCallback] = None, warnings: Optional[List[str]] = None) -> RunOutcome:
     """Run every row not already in the run folder; summarise whatever finished.
 
     `progress_factory(label)` makes a progress bar (update_to, set_description, close) for a row or
     an interleaved group; `on_row_done(result, index, count)` hears each finished row.
     The scenario's `executor` says where rows run: here (`local`), or on a Dask cluster's workers
     (retinabench.harness.dask_executor), which is reached before the run folder is made, so a bad
-    address or a missing package is one line and no folder.
+    address or a missing package is one line and no folder. `warnings`: lines the caller showed
+    before the run (more threads than cores, ...), kept in run.json's `warnings`.
     """
     from retinabench.model.source import open_model
     model_sha = open_model(model, scenario.family).sha256()
@@ -229,7 +230,7 @@ def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_ro
         executor.open()
     try:
         return _run(scenario, model, images, results_root, summarise, resume, progress_factory, on_row_done,
-                    model_sha, rows, executor)
+                    model_sha, rows, executor, warnings or [])
     finally:
         if executor is not None:
             executor.close()
@@ -237,7 +238,7 @@ def run_scenario(scenario: Scenario, model: Path, images: List[Path], results_ro
 
 def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path, summarise: Summariser,
          resume: Optional[Path], progress_factory: Optional[ProgressFactory], on_row_done: Optional[RowCallback],
-         model_sha: str, rows: List[Row], executor: Any) -> RunOutcome:
+         model_sha: str, rows: List[Row], executor: Any, warnings: List[str]) -> RunOutcome:
     if resume is not None:
         store = RunStore.open(resume)
         lock = store.lock()
@@ -263,6 +264,7 @@ def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path
         executors = meta.setdefault("executors", [{"executor": "local"}] * (len(meta["schedules"]) - 1))
         executors.append(executor.describe() if executor is not None else {"executor": "local"})
     meta.pop("interrupted_rows_kept_loops", None)
+    meta["warnings"] = list(dict.fromkeys(meta.get("warnings", []) + warnings))  # a resume adds its own
     store.write_meta(meta)
 
     finished: Dict[RowId, RowResult] = {k: v for k, v in done.items() if v.status in ("passed", "unavailable")}

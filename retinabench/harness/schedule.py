@@ -11,6 +11,12 @@ rows ran.
 
 Groups: rows of one batch size interleave together (a table's columns stay comparable), at most
 `max_live_workers` loaded at once.
+
+Processes (after pyperf): each row is measured by `processes` worker processes in turn, process k
+taking a contiguous block of the rounds (`process_blocks`), loaded at the block's start and
+finished at its end, with a share of the warmup of its own (`process_warmup`). `loops` stays the
+row's total. A round is never shorter than MIN_ROUND_LOOPS (a short run has fewer rounds), and a
+row never has more processes than rounds.
 """
 from __future__ import annotations
 

@@ -10,6 +10,12 @@ each `finish` writes its `WorkerResult`, samples and outputs into its scratch fo
 (retinabench.store.WorkDir), atomically, and ends the process. Between commands it blocks on its
 pipe and does nothing, so the one worker measuring at a time has the machine to itself.
 Without --control it measures warmup + loops in one chunk and finishes (for running it by hand).
+A row may be measured by several such workers in turn (retinabench.harness.processes): each is
+told its index (`Job.process`), tags its samples with it, and writes into its own scratch folder.
+Around each measured chunk the worker reads what other programs took of the CPU meanwhile
+(retinabench.harness.cpu_load) and reports it with `done`; a `measure` command with `replace`
+sets the previous chunk apart (kept in samples.npz as `replaced`, never counted): the parent found
+it contended (retinabench.harness.contention). Progress lines are throttled (PROGRESS_EVERY_S).
 
 Footprint (retinabench.harness.footprint): `main` makes the row's meter first, before any runtime is
 imported (its host and GPU memory baselines); the session marks its loading's laps, reads memory
@@ -165,6 +171,7 @@ class RowSession:
         self.windows.append([cmd.round, start, end])
         if self.monitor is not None:
             self.monitor.end_window()
+            load.update(self.monitor.others(start))
         self.chunks.append(samples)
         self.rounds.append(cmd.round)
         self.rewarm.append(rewarm)

@@ -58,25 +58,29 @@ def _row_name(k: MatchKey) -> str:
     return f"{r.backend}/{r.variant} {r.input} b{r.batch}" + (f" on {r.device}" if r.device != "cpu" else "")
 
 
-def _stage_samples(run: RunData) -> Dict[MatchKey, Tuple[np.ndarray, Optional[np.ndarray]]]:
-    """MatchKey -> that stage's samples in ms and their rounds, for every passed row with samples."""
-    out: Dict[MatchKey, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
+Samples = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]   # ms, rounds, processes
+
+
+def _stage_samples(run: RunData) -> Dict[MatchKey, Samples]:
+    """MatchKey -> that stage's samples in ms, their rounds and processes, for every passed row with samples."""
+    out: Dict[MatchKey, Samples] = {}
     for r in run.ordered_rows():
         if not r.passed:
             continue
         for i, stage in enumerate(STAGES):
-            out[(r.id, stage)] = (r.samples_ns[:, i] / 1e6, r.rounds)
+            out[(r.id, stage)] = (r.samples_ns[:, i] / 1e6, r.rounds, r.processes)
     return out
 
 
 def compare_runs(a: RunData, b: RunData) -> RunComparison:
     sa, sb = _stage_samples(a), _stage_samples(b)
     rows = []
-    for key, (xa, ra) in sa.items():
+    for key, (xa, ra, pa) in sa.items():
         if key not in sb:
             continue
-        xb, rb = sb[key]
-        iv = ratio_ci(xb, xa, rb, ra)  # B / A, each run's rounds drawn independently
+        xb, rb, pb = sb[key]
+        # B / A, each run's processes and rounds drawn independently
+        iv = ratio_ci(xb, xa, rb, ra, a_processes=pb, b_processes=pa)
         rows.append(StageComparison(key[0], key[1], float(np.median(xa)), float(np.median(xb)), iv.estimate,
                                     iv.low, iv.high, verdict(iv.estimate, iv.low, iv.high)))
     only_a = sorted({_row_name(k) for k in sa if k not in sb})
@@ -117,3 +121,24 @@ def summarise_verdicts(c: RunComparison, stage: Optional[str] = "total") -> str:
     rows = [r for r in c.rows if stage is None or r.stage == stage]
     counts = {v: sum(r.verdict == v for r in rows) for v in ("faster", "slower", "same (within noise)")}
     return f"{stage or 'all stages'}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The regression gate: `compare OLD NEW --fail-if-slower PCT`
+# ---------------------------------------------------------------------------------------------
+
+def slower_rows(c: RunComparison, pct: float, stage: str = "total") -> List[StageComparison]:
+    """Rows whose B/A interval at `stage` lies entirely above 1 + pct/100: slower beyond doubt and beyond
+    the threshold (after asv's `continuous --factor` and pytest-benchmark's compare-fail, which test a
+    point estimate; here the interval must clear the threshold, so noise alone never fails a gate)."""
+    bound = 1.0 + pct / 100.0
+    return [r for r in c.rows if r.stage == stage and r.ci_low > bound]
+
+
+def gate_text(slower: List[StageComparison], pct: float, stage: str, checked: int) -> str:
+    if not slower:
+        return (f"gate: no row's {stage} is slower by more than {pct:g}% beyond its 95% interval "
+                f"({checked} row(s) checked)")
+    names = ", ".join(f"{_row_name((r.row, r.stage))} ({r.ratio:.3f}, 95% CI [{r.ci_low:.3f}, {r.ci_high:.3f}])"
+                      for r in slower)
+    return f"gate: {len(slower)} of {checked} row(s) slower than {1 + pct / 100:g}x at {stage}: {names}"

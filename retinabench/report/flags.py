@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, NOISY_CV, PROCESS_SPREAD_LIMIT, PROCESS_SPREAD_MIN,
+from retinabench.report.stats import (DRIFT_LIMIT, DRIFT_MIN_MS, NOISY_CV, PROCESS_SPREAD_LIMIT, PROCESS_WIDTH_LIMIT,
                                       ROUND_SPREAD_LIMIT, STAGE_SUM_TOL)
 
 SHORT_WINDOW_S = 2.0        # GPU utilisation over less than this many seconds of measured loops is flagged
@@ -43,9 +43,9 @@ FLAGS: Dict[str, Flag] = {
                       "contention_limit of CPU, and could not be measured again (the machine never quietened)",
                       "Rerun when the machine is quiet, or raise contention_retries; its numbers are slower than "
                       "the row's own."),
-    "process-spread": Flag(f"its worker processes' medians differ by more than {PROCESS_SPREAD_MIN:.0%} and "
-                           f"{PROCESS_SPREAD_LIMIT:g}x what each process's own loops explain (memory layout, thread "
-                           "placement, what the runtime chose at start-up)",
+    "process-spread": Flag(f"its worker processes' medians differ by more than {PROCESS_SPREAD_LIMIT:g}x what each "
+                           "process's own loops explain (memory layout, thread placement, what the runtime chose at "
+                           f"start-up), enough to widen its interval past +-{PROCESS_WIDTH_LIMIT:.1%}",
                            "The interval includes it; raise `processes` for a narrower one."),
     "unsteady": Flag(f"its loops spread (interquartile range / median) over {UNSTEADY_FLOOR:.0%} and "
                      f"{UNSTEADY_FACTOR:g}x as widely as the empty row's in the same rounds",

@@ -158,7 +158,7 @@ def median_ci(samples: np.ndarray, rounds: Optional[np.ndarray] = None,
     if several(processes):
         grid = Nested.of(samples, rounds, processes)
         (meds,) = nested_resamples([grid], grid.cells)
-        lo, hi = _percentiles(meds)
+        lo, hi = _percentiles(meds, estimate, len(grid.cells))
         return Interval(estimate, lo, hi)
     _, m = clusters(samples, rounds)
     if len(m) < 2:
@@ -240,7 +240,7 @@ def round_stats(samples: np.ndarray, rounds: Optional[np.ndarray]) -> Dict[str, 
 # clusters, so the two levels are drawn here with numpy's Generator, from the same fixed SEED.
 
 PROCESS_SPREAD_LIMIT = 2.0   # process-spread: the processes' medians spread this many times what each explains
-PROCESS_SPREAD_MIN = 0.02    # ... and by at least this fraction of the median (smaller spreads change nothing)
+PROCESS_WIDTH_LIMIT = 0.025  # ... and that spread alone makes the median's 95% interval wider than +-2.5%
 
 
 def several(processes: Optional[np.ndarray]) -> bool:
@@ -306,27 +306,73 @@ def nested_resamples(grids: List[Nested], cells: Tuple[Tuple[Tuple[int, int], ..
     return [np.concatenate(o) for o in out]
 
 
-def _percentiles(values: np.ndarray) -> Tuple[float, float]:
+def _percentiles(values: np.ndarray, estimate: float, clusters: int) -> Tuple[float, float]:
+    """The percentile interval of bootstrap `values`, widened about `estimate` for the few clusters it
+    rests on: a bootstrap over K clusters sees (K-1)/K of their variance and a normal quantile where
+    Student's t with K-1 degrees of freedom applies (K processes: 10 widens it by 22%)."""
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = np.percentile(values[np.isfinite(values)], [100 * alpha, 100 * (1 - alpha)])
-    return float(lo), float(hi)
+    factor = small_sample_factor(clusters)
+    return float(estimate - (estimate - lo) * factor), float(estimate + (hi - estimate) * factor)
+
+
+def small_sample_factor(clusters: int) -> float:
+    """sqrt(K / (K - 1)) * t(0.975, K - 1) / z(0.975): how much wider a K-cluster bootstrap interval must be."""
+    from scipy import stats
+    k = max(2, int(clusters))
+    z = float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
+    return float(np.sqrt(k / (k - 1)) * stats.t.ppf(0.5 + CI_LEVEL / 2, k - 1) / z)
+
+
+def cell_ratios(a: Nested, b: Nested) -> np.ndarray:
+    """[process, round slot] ratios of the two rows' cell medians (NaN where a process has fewer rounds)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmedian(a.grid, axis=2) / np.nanmedian(b.grid, axis=2)
+
+
+def paired_cells(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray],
+                 a_processes: Optional[np.ndarray], b_processes: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The cell ratios of two rows measured in the same (process, round) cells, or None (fewer than two
+    processes in common)."""
+    ga, gb = Nested.of(a, a_rounds, a_processes), Nested.of(b, b_rounds, b_processes)
+    common = tuple(tuple(c for c in slots if c in set(sb)) for slots, sb in zip(ga.cells, gb.cells))
+    common = tuple(slots for slots in common if slots)
+    if len(common) < 2:
+        return None
+    return cell_ratios(Nested.of(a, a_rounds, a_processes, common), Nested.of(b, b_rounds, b_processes, common))
+
+
+def nested_cell_medians(cells: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """The median of the cells [process, round slot] (NaN padded) in each two-level resample."""
+    rng = np.random.default_rng(seed)
+    k_n, r_n = cells.shape
+    counts = np.sum(~np.isnan(cells), axis=1)
+    ks = rng.integers(0, k_n, size=(resamples, k_n))
+    nr = counts[ks]
+    js = np.minimum((rng.random((resamples, k_n, r_n)) * nr[..., None]).astype(np.int64), r_n - 1)
+    keep = np.arange(r_n)[None, None, :] < nr[..., None]
+    picked = np.where(keep, cells[ks[..., None], js], np.nan)
+    return _nanmedian_rows(picked.reshape(resamples, -1))
 
 
 def _nested_ratio(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray],
                   a_processes: Optional[np.ndarray], b_processes: Optional[np.ndarray], paired: bool,
                   estimate: float) -> Interval:
-    ga, gb = Nested.of(a, a_rounds, a_processes), Nested.of(b, b_rounds, b_processes)
+    """Rows of several processes. Paired (one group): the estimate is the median, over the (process, round)
+    cells both rows measured, of the ratio of their cell medians: each cell's ratio cancels what the machine
+    did in that cell to both rows, and the median over cells ignores the few cells a disturbance hit one row
+    in more than the other. Its interval resamples processes, then rounds within them. Unpaired (two runs,
+    two groups): the ratio of the rows' medians, each row resampled on its own."""
     if paired:
-        common = tuple(tuple(c for c in slots if c in set(sb)) for slots, sb in zip(ga.cells, gb.cells))
-        common = tuple(slots for slots in common if slots)
-        if len(common) >= 2:
-            pa, pb = Nested.of(a, a_rounds, a_processes, common), Nested.of(b, b_rounds, b_processes, common)
-            ma, mb = nested_resamples([pa, pb], common)
-            lo, hi = _percentiles(ma / mb)
-            return Interval(estimate, lo, hi, paired=True)
+        cells = paired_cells(a, b, a_rounds, b_rounds, a_processes, b_processes)
+        if cells is not None:
+            est = float(np.nanmedian(cells))
+            lo, hi = _percentiles(nested_cell_medians(cells), est, cells.shape[0])
+            return Interval(est, lo, hi, paired=True)
+    ga, gb = Nested.of(a, a_rounds, a_processes), Nested.of(b, b_rounds, b_processes)
     (ma,) = nested_resamples([ga], ga.cells, seed=SEED)
     (mb,) = nested_resamples([gb], gb.cells, seed=SEED + 1)
-    lo, hi = _percentiles(ma / mb)
+    lo, hi = _percentiles(ma / mb, estimate, min(len(ga.cells), len(gb.cells)))
     return Interval(estimate, lo, hi)
 
 
@@ -358,5 +404,15 @@ def process_stats(samples: np.ndarray, rounds: Optional[np.ndarray],
     between = 1.4826 * float(np.median(np.abs(m - np.median(m))))
     within = float(np.median(ses))
     ratio = between / within if within > 0 else (0.0 if between == 0 else float("inf"))
-    return {"processes": float(len(meds)), "process_spread": between / overall if overall > 0 else 0.0,
-            "process_within": within / overall if overall > 0 else 0.0, "process_ratio": ratio}
+    spread = between / overall if overall > 0 else 0.0
+    z = 1.959963984540054
+    width = z * small_sample_factor(len(meds)) * spread / np.sqrt(len(meds))
+    return {"processes": float(len(meds)), "process_spread": spread,
+            "process_within": within / overall if overall > 0 else 0.0, "process_ratio": ratio,
+            "process_width": width}
+
+
+def process_spread_matters(stats: Dict[str, float]) -> bool:
+    """The processes differ by more than their own loops explain, and by enough to widen the interval
+    past +-PROCESS_WIDTH_LIMIT: more processes would narrow it (the `process-spread` flag)."""
+    return bool(stats) and stats["process_ratio"] > PROCESS_SPREAD_LIMIT and stats["process_width"] > PROCESS_WIDTH_LIMIT

@@ -24,9 +24,8 @@ from retinabench.records import Footprint, RowId
 from retinabench.report.flags import FLAGS as FLAG_DEFS
 from retinabench.report.flags import (LEGACY_FLAGS, SHORT_WINDOW_S, WARMUP_LIMIT, WARMUP_MIN_MS,  # noqa: F401
                                       describe, head_drift, relative_iqr, unsteady)
-from retinabench.report.stats import (PROCESS_SPREAD_LIMIT, PROCESS_SPREAD_MIN, STAGE_SUM_TOL, Measurement, drift,
-                                      host_below_gpu, median_ci, process_stats, ratio_ci, round_stats,
-                                      stage_sum_error)
+from retinabench.report.stats import (STAGE_SUM_TOL, Measurement, drift, host_below_gpu, median_ci,
+                                      process_spread_matters, process_stats, ratio_ci, round_stats, stage_sum_error)
 from retinabench.store import RowResult, RunStore
 
 # A row's memory and start-up (records.Footprint), at the end of every line of a passed row; empty in
@@ -112,7 +111,9 @@ def process_columns(r: RowResult) -> Dict[str, Any]:
     are per stage)."""
     res = r.result
     cols: Dict[str, Any] = {"processes": len(res.processes) or 1}
-    loads = [p.get("load_s") for p in res.processes if p.get("load_s") is not None]
+    # the footprint's load_s (import + read + convert + build), as the load_s column: the processes' median
+    loads = [(p.get("footprint") or {}).get("load_s") for p in res.processes]
+    loads = [v for v in loads if v is not None]
     if loads:
         cols.update(load_s_min=min(loads), load_s_max=max(loads))
     chunks = [c for c in res.contention if "wall_s" in c]
@@ -183,7 +184,7 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
             if ps:
                 extra.update(process_spread=round(ps["process_spread"], 4),
                              process_within=round(ps["process_within"], 4), process_ratio=round(ps["process_ratio"], 3))
-                if own and ps["process_ratio"] > PROCESS_SPREAD_LIMIT and ps["process_spread"] > PROCESS_SPREAD_MIN:
+                if own and process_spread_matters(ps):
                     flags.append("process-spread")
             # against the empty row's same stage; for inference, its total (its inference is a no-op call)
             jitter = baseline[STAGES.index("total") if stage == "inference" else i] if baseline else None
