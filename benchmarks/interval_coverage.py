@@ -3,6 +3,7 @@
     python benchmarks/interval_coverage.py --config configs/spread-1280x896.yaml [--repeats 3]
         [--variant before=processes:1] [--variant after] [--variant busy=hog:3/7] [--stage inference]
         [--model M] [--loops N] [--out results]
+    python benchmarks/interval_coverage.py --rescore results/<stamp>-interval-coverage
 
 A variant is a name and overrides: `processes:N` (the scenario's field), `contention:off` (no chunk is
 measured again), `hog:ON/OFF` (a background process burns one core ON seconds, then rests OFF seconds,
@@ -72,6 +73,46 @@ def run_ratios(run: Path, stage: str) -> Dict[str, Dict[str, Any]]:
                 "chunks_contended": int(ln.get("chunks_contended") or 0),
                 "contention_cores_max": float(ln.get("contention_cores_max") or 0.0), "flags": ln["flags"]}
     return out
+
+
+def rescored_ratios(run: Path, stage: str) -> Dict[str, Dict[str, Any]]:
+    """As run_ratios, with the intervals recomputed from the run's samples by this commit's statistics
+    (the measurements are the run's; only the arithmetic over them is today's)."""
+    import yaml
+    from retinabench.config import RUN_SPREAD
+    from retinabench.report.summary import summary_rows
+    store = RunStore(run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    rows = store.ordered_rows()
+    lines = summary_rows(rows, cfg.get("reference"), float(cfg.get("run_spread", RUN_SPREAD)))
+    out: Dict[str, Dict[str, Any]] = {}
+    recorded = run_ratios(run, stage)
+    for ln in lines:
+        if ln["stage"] != stage or ln.get("ratio") in ("", None) or ln["reference"] == ln["row"].key:
+            continue
+        name = f"{ln['backend']}/{ln['variant']}"
+        out[name] = {**recorded.get(name, {}), "ratio": float(ln["ratio"]), "low": float(ln["ratio_ci_low"]),
+                     "high": float(ln["ratio_ci_high"])}
+    return out
+
+
+def rescore(folder: Path) -> int:
+    """Recompute a finished study's intervals from its runs' samples with this commit's statistics."""
+    data = json.loads((folder / "coverage.json").read_text())
+    variants = data["variants"]
+    results = {v: [{"run": r["run"], "ratios": rescored_ratios(folder / "runs" / r["run"], data["stage"])}
+                   for r in runs] for v, runs in data["runs"].items()}
+    table = summarise(variants, results, data["baseline"])
+    data.update(runs=results, table=table, rescored={"env": fingerprint()})
+    (folder / "coverage.json").write_text(json.dumps(data, indent=1))
+    args = argparse.Namespace(config=data["config"], repeats=data["repeats"], stage=data["stage"])
+    text = markdown(args, variants, table, results)
+    commit = str(data["rescored"]["env"].get("git_commit") or "")[:7]
+    text = text.replace("\n\n| row |", f"\n\nIntervals recomputed from each run's samples by commit `{commit}`'s statistics "
+                                       "(`--rescore`); the measurements are the runs'.\n\n| row |", 1)
+    (folder / "coverage.md").write_text(text)
+    print(text)
+    return 0
 
 
 def one_run(config: Path, variant: Dict[str, Any], runs_root: Path, extra: List[str]) -> Path:
@@ -155,7 +196,9 @@ def markdown(args: argparse.Namespace, variants: List[Dict[str, Any]], table: Di
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
+    p.add_argument("--rescore", metavar="FOLDER",
+                   help="recompute a finished study's intervals from its runs' samples with this commit's statistics")
+    p.add_argument("--config")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variant", action="append", help="NAME[=processes:N,contention:off,hog:ON/OFF] (repeatable)")
     p.add_argument("--baseline", help="the quiet variant hog variants are compared with (default: the last without a hog)")
@@ -164,6 +207,10 @@ def main() -> int:
     p.add_argument("--loops", type=int)
     p.add_argument("--out", default="results")
     args = p.parse_args()
+    if args.rescore:
+        return rescore(Path(args.rescore))
+    if not args.config:
+        p.error("--config is required (or --rescore FOLDER)")
     variants = [parse_variant(v) for v in (args.variant or ["default"])]
     baseline = args.baseline or next((v["name"] for v in reversed(variants) if not v["hog"]), variants[0]["name"])
     extra = (["--model", args.model] if args.model else []) + (["--loops", str(args.loops)] if args.loops else [])

@@ -24,7 +24,15 @@ MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
 SCHEDULES = ("interleaved", "sequential")
-CONTENTION_LIMIT = 0.1      # cores others may use during a chunk (retinabench.harness.contention says why)   # how rows share the machine (retinabench.harness.schedule)
+CONTENTION_LIMIT = 0.1      # cores others may use during a chunk (retinabench.harness.contention says why)
+# What one run cannot see: the machine's state that lasts longer than a run (other guests of the host
+# using its memory bandwidth, say) moves a ratio between runs as a whole. Measured with
+# benchmarks/interval_coverage.py on the 2-core machines (three quiet runs per scenario, two scenarios,
+# seven rows: the README's "Do the intervals tell the truth?"): the largest standard deviation of a
+# row's ratio between runs was 1.45% (opencv-onnx against onnxruntime at 1280x896). The ratio intervals
+# of rows measured by several processes add it (retinabench.report.stats.with_run_term); `run_spread: 0`
+# leaves the interval of the run's own variation alone.
+RUN_SPREAD = 0.015   # how rows share the machine (retinabench.harness.schedule)
 EXECUTORS = ("local", "dask")   # where rows run: this machine, or the workers of a Dask cluster
 # A Dask scheduler's address: tcp://host:port (or tls://, or host:port); the port is required
 _SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
@@ -88,6 +96,7 @@ class Scenario:
     # (retinabench.harness.contention); None: record contention, never measure again.
     contention_limit: Optional[float] = CONTENTION_LIMIT
     contention_retries: Optional[int] = None   # chunks per row measured again (default: as many as it plans)
+    run_spread: float = RUN_SPREAD   # relative SD between runs, added to ratio intervals (RUN_SPREAD says why)
     source: str = ""
 
     def rows(self) -> List[Row]:
@@ -119,7 +128,7 @@ class Scenario:
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
            "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s",
            "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers", "executor", "scheduler",
-           "processes", "contention_limit", "contention_retries"}
+           "processes", "contention_limit", "contention_retries", "run_spread"}
 _BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -184,13 +193,13 @@ def _input(where: str, value: Any) -> InputSpec:
         return InputSpec("native")
     for k in ("width", "height"):
         if k not in value:
-            raise ConfigError(f"{where}.{k}: required in 'fit' mode")
+            raise ConfigError(f"{where}.{k}: required in {mode!r} mode")
     w = _int(f"{where}.width", value["width"], 32, MAX_SIDE)
     h = _int(f"{where}.height", value["height"], 32, MAX_SIDE)
     for k, v in (("width", w), ("height", h)):
         if v % 32:
-            raise ConfigError(f"{where}.{k}: {v} is not a multiple of 32 (needed in 'fit' mode)")
-    return InputSpec("fit", w, h)
+            raise ConfigError(f"{where}.{k}: {v} is not a multiple of 32 (needed in {mode!r} mode)")
+    return InputSpec(mode, w, h)
 
 
 def parse_size(text: str, where: str = "size") -> Tuple[int, int]:
@@ -278,6 +287,12 @@ def _scheduler(value: Any) -> Optional[str]:
     return value.strip()
 
 
+def _fraction(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5 or value != value:
+        raise ConfigError(f"{where}: expected a relative standard deviation in [0, 0.5] (e.g. 0.015), got {value!r}")
+    return float(value)
+
+
 def _contention_limit(value: Any) -> Optional[float]:
     """Cores (a number >= 0), or `off` / false: contention recorded, chunks never measured again."""
     if value is False or value == "off":
@@ -351,6 +366,7 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         processes=_optional_int(data, "processes", 1, 1000),
         contention_limit=_contention_limit(data.get("contention_limit", CONTENTION_LIMIT)),
         contention_retries=_optional_int(data, "contention_retries", 0, MAX_LOOPS),
+        run_spread=_fraction("run_spread", data.get("run_spread", RUN_SPREAD)),
         source=source,
     )
     if scenario.scheduler is not None and scenario.executor != "dask":

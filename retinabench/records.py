@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     FAILED = 4          # worker: the row failed for a known reason (result.json says why)
     UNAVAILABLE = 5     # worker: the runtime or device is missing here (result.json says why)
     SLOWER = 6          # CLI: `compare --fail-if-slower`: a row is slower beyond the threshold and its interval
+    ACCURACY_DROP = 7   # CLI: `accuracy --max-ap-drop`: a row loses more AP than allowed against the reference
     INTERRUPTED = 130   # CLI: SIGINT or SIGTERM; the finished rows are kept
 
 
@@ -118,18 +119,20 @@ class RowId:
 
 @dataclass(frozen=True)
 class InputSpec:
-    mode: str            # "native" or "fit"
+    mode: str            # "native", "fit" or "pad" (fit without enlarging: a dataset's canvas)
     width: int = 0       # 0 in native mode: the image's own size
     height: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.width}x{self.height}" if self.mode == "fit" else "native"
+        if self.mode == "fit":
+            return f"{self.width}x{self.height}"
+        return f"pad{self.width}x{self.height}" if self.mode == "pad" else "native"
 
     @property
     def size(self) -> Optional[Tuple[int, int]]:
-        """(width, height) in fit mode, None in native mode."""
-        return (self.width, self.height) if self.mode == "fit" else None
+        """(width, height) in fit and pad modes, None in native mode."""
+        return (self.width, self.height) if self.mode in ("fit", "pad") else None
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -349,7 +352,7 @@ class WorkerResult:
 # The control channel: parent -> worker commands, worker -> parent events, one JSON line each
 # ---------------------------------------------------------------------------------------------
 
-COMMANDS = ("measure", "finish")
+COMMANDS = ("measure", "finish", "detect")
 EVENTS = ("ready", "progress", "done", "finished")
 
 
@@ -373,7 +376,9 @@ class _Message:
 @dataclass(frozen=True)
 class Command(_Message):
     """`measure`: run `warmup` loops (kept as the row's warmup), then `rewarm` loops (recorded apart,
-    excluded), then `loops` measured loops tagged with `round`. `finish`: write the row's files and exit."""
+    excluded), then `loops` measured loops tagged with `round`. `finish`: write the row's files and exit.
+    `detect`: untimed, run the row's pipeline on each of `images` and write every face scoring at least
+    `threshold` to the JSON file `out` (an accuracy run: retinabench.harness.accuracy)."""
 
     KINDS: ClassVar[Tuple[str, ...]] = COMMANDS
     kind: str
@@ -382,6 +387,9 @@ class Command(_Message):
     rewarm: int = 0
     round: int = 0
     replace: bool = False    # the last measured chunk was contended: keep it apart, this one takes its place
+    images: List[str] = field(default_factory=list)
+    threshold: float = 0.0
+    out: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ("retinabench.store",),                                          # the run folder, atomic writes
     ("retinabench.graph", "retinabench.defaults"),                   # the IR, converters; default model
     ("retinabench.model",),                                          # families, incl. their device stages
+    ("retinabench.datasets",),                                       # images + ground truth; calibration sets
     ("backends",),                                                   # one runtime per file
     ("retinabench.config",),                                         # scenarios (validated against backends)
     ("retinabench.harness",),                                        # loop, worker, runner

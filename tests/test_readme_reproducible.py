@@ -1,9 +1,9 @@
-"""The README's tables are the committed runs' reports: regenerating them changes nothing.
+"""The README's tables and the scenario pages are the committed runs' reports: regenerating them changes nothing.
 
-Every run the README cites must be in the tree. A run whose own scenario sections are in the README
-(between its markers) must regenerate them byte for byte; runs cited only in a section over several
-machines are held to that section by tests/test_machines.py, and runs cited in prose (a profile, a
-probe) only need to exist.
+Every run the README or a page under docs/ cites must be in the tree. Each marked section of the README
+(a scenario's compact table, the accuracy section, an interval-coverage study) regenerates byte for
+byte from the folder it links to, and so does each generated page under docs/results/ (a scenario's
+full tables, or one scenario over several machines).
 """
 from __future__ import annotations
 
@@ -12,26 +12,63 @@ import re
 import pytest
 
 from conftest import ROOT
+from retinabench.report.coverage_section import coverage_section, is_coverage
+from retinabench.report.dataset_accuracy import ap_section
+from retinabench.report.machines import machines_page
+from retinabench.report.pages import page
 from retinabench.report.readme import load_run, report_sections, rewrite_sections
 
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
-CITED = sorted(set(re.findall(r"\]\((results/[^/)]+)", TEXT)))
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+PAGES = sorted((ROOT / "docs" / "results").glob("*.md"))
 SECTIONS = dict(re.findall(r"<!-- retinabench:begin ([^ ]+) -->\n(.*?)<!-- retinabench:end \1 -->", TEXT, re.S))
-OWN = sorted({rel for name, body in SECTIONS.items() if not name.startswith("machines-")
-              for rel in re.findall(r"\]\((results/[^/)]+)", body)})
+LINK = re.compile(r"\]\((?:\.\./)*(results/\d{8}-\d{6}-[^/)]+)")   # a run folder: results/<UTC stamp>-<name>
 
 
-def test_readme_cites_committed_runs():
-    assert CITED, "the README cites no results folder"
-    for rel in CITED:
-        assert (ROOT / rel).is_dir(), f"README cites {rel}, which is not in the tree"
-    assert OWN, "no README section cites its run"
+def _cited(text: str) -> list:
+    """The run folders a text links to, in the order it first names them."""
+    return list(dict.fromkeys(LINK.findall(text)))
 
 
-@pytest.mark.parametrize("rel", OWN)
-def test_report_reproduces_the_readme_byte_for_byte(rel):
-    run = load_run(ROOT / rel)
-    new, update = rewrite_sections(TEXT, report_sections(run, README.parent))
-    assert update.found, f"{rel}: the README has no markers for scenario {run.scenario!r}"
-    assert new == TEXT, f"`bench.py report {rel} --readme README.md` would change the README"
+def test_every_cited_run_is_committed():
+    cited = _cited(TEXT) + [c for p in DOCS for c in _cited(p.read_text(encoding="utf-8"))]
+    assert cited, "the README and docs cite no results folder"
+    for rel in cited:
+        assert (ROOT / rel).is_dir(), f"{rel} is cited but not in the tree"
+
+
+def test_every_readme_section_has_its_run():
+    assert SECTIONS, "the README has no generated section"
+    for name, body in SECTIONS.items():
+        assert _cited(body), f"README section {name} cites no run folder"
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_readme_sections_regenerate_byte_for_byte(name):
+    body = SECTIONS[name]
+    folder = ROOT / next(c for c in _cited(body) if not c.endswith(".md"))
+    if name.startswith("coverage-"):
+        folder = ROOT / re.search(r"\]\(((?:results/[^/)]+))/coverage\.md\)", body).group(1)
+        assert is_coverage(folder)
+        fresh = {name: coverage_section(folder, README.parent)}
+    elif name == "accuracy-ap":
+        fresh = {name: ap_section(folder, README.parent)}
+    else:
+        fresh = report_sections(load_run(folder), README.parent)
+    assert name in fresh, f"{folder} reports sections {sorted(fresh)}, not {name}"
+    new, update = rewrite_sections(TEXT, {name: fresh[name]})
+    assert update.found == [name]
+    assert new == TEXT, f"`bench.py report {folder.relative_to(ROOT)} --readme README.md` would change the README"
+
+
+@pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])
+def test_pages_regenerate_byte_for_byte(path):
+    text = path.read_text(encoding="utf-8")
+    runs = [ROOT / c for c in _cited(text)]
+    if path.name.startswith("machines-"):
+        fresh = machines_page([load_run(r) for r in runs], ROOT)
+    else:
+        (run,) = runs
+        fresh = page(load_run(run), ROOT)
+    assert fresh == text, f"regenerating {path.relative_to(ROOT)} from {', '.join(map(str, runs))} changes it"

@@ -153,7 +153,8 @@ def test_a_real_run_reports_its_validity(tmp_path, mnet25_dir, t1_path):
     out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp_path / "r")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "CV total" in out.stdout and "Flags:" in out.stdout  # the console shows the validity table
+    assert "v: device cpu; input 320x224" in out.stdout       # the console's compact table and its context line
+    assert "next: bench.py report " in out.stdout.splitlines()[-2]   # and ends with what to run next
     assert "[1/1] empty-default-cpu-320x224-b1-m1: passed, total median" in out.stderr  # and which row ran, how far
     (run,) = (tmp_path / "r").iterdir()
     meta = json.loads((run / "run.json").read_text())

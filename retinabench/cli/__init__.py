@@ -6,8 +6,9 @@
     python bench.py detect IMAGE --model M --backend NAME [--threshold T] [--input fit --size WxH]
                         [--save faces.jpg] [--json]
     python bench.py convert MODEL --to caffe --out DIR [--size WxH] [--upsample exact|bilinear]
-    python bench.py report RESULTS_DIR [--readme README.md]
-    python bench.py compare RUN_A RUN_B
+    python bench.py accuracy --config X.yaml --dataset dlib:test [--dataset dlib:test@0.5] [--max-ap-drop POINTS]
+    python bench.py report RESULTS_DIR [--readme README.md] [--html [FILE]]
+    python bench.py compare RUN_A RUN_B [--fail-if-slower PCT]
     python bench.py env
     python bench.py --version
 
@@ -19,7 +20,8 @@ Exit codes (retinabench.records.ExitCode): 0 every row passed or was unavailable
 (bad config or option, missing or corrupt model or image, unknown backend or subcommand, an output
 folder that cannot be written: one line on stderr, no traceback);
 3 a partial run (some row failed: a crash, an out-of-memory, a runtime error; the others
-completed); 130 interrupted (Ctrl-C or SIGTERM: finished rows are kept, run.json says
+completed); 6 `compare --fail-if-slower`: a row is slower beyond its interval; 7 `accuracy
+--max-ap-drop`: a row loses more AP than allowed; 130 interrupted (Ctrl-C or SIGTERM: finished rows are kept, run.json says
 `incomplete`, --resume finishes the run).
 """
 from __future__ import annotations
@@ -32,12 +34,12 @@ from pathlib import Path
 from typing import Any, List, NoReturn, Optional, Sequence
 
 # Each module registers its subcommand on import.
-from retinabench.cli import compare, convert, detect, env, report, run  # noqa: F401
+from retinabench.cli import accuracy, compare, convert, detect, env, report, run  # noqa: F401
 from retinabench.cli.registry import COMMANDS
 from retinabench.errors import BenchError
 from retinabench.records import ExitCode
 
-ORDER = ("run", "detect", "convert", "report", "compare", "env")
+ORDER = ("run", "detect", "accuracy", "convert", "report", "compare", "env")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 

@@ -18,18 +18,52 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if len(args.results_dir) > 1:
         return _report_machines(args)
-    run = load_run(Path(args.results_dir[0]))
+    folder = Path(args.results_dir[0])
+    special = _report_special(folder, args)
+    if special is not None:
+        return special
+    run = load_run(folder)
     base = Path(args.readme).parent if args.readme else Path.cwd()
     for name, body in report_sections(run, base).items():
         print(f"## {name}\n\n{body}\n")
-    if not args.no_plots:
+    if not args.no_plots or args.html is not None:
         paths = write_plots(run)
         print(f"plots: {len(paths)} written to {run.path / 'plots'} ({', '.join(p.name for p in paths) or 'none'})")
+    if args.html is not None:
+        from retinabench.report.html_report import write_html
+        target = Path(args.html) if args.html else run.path / "report.html"
+        from retinabench.cli.common import check_writable_dir
+        check_writable_dir(target.parent, "--html")
+        print(f"html: {write_html(run, target)}")
     if args.readme:
-        up = update_readme(Path(args.readme), run)
-        print(f"{args.readme}: markers found: {', '.join(up.found)}; "
+        up = update_readme(Path(args.readme), run)  # and docs/results/<scenario>.md beside it
+        print(f"{args.readme}: markers found: {', '.join(up.found) or 'none (the page alone)'}; "
               f"rewritten: {', '.join(up.changed) or 'none (already up to date)'}"
               + (f"; not found (left alone): {', '.join(up.missing)}" if up.missing else ""))
+    return ExitCode.OK
+
+
+def _report_special(folder: Path, args: argparse.Namespace) -> "int | None":
+    """An accuracy run or an interval-coverage study: its one README section; None for a speed run."""
+    import json
+    from retinabench.report.coverage_section import coverage_section, is_coverage, marker
+    from retinabench.report.dataset_accuracy import ap_section
+    from retinabench.report.markers import update_file
+
+    base = Path(args.readme).parent if args.readme else Path.cwd()
+    if is_coverage(folder):
+        name, body = marker(folder), coverage_section(folder, base)
+    elif (folder / "run.json").is_file() and json.loads((folder / "run.json").read_text()).get("kind") == "accuracy":
+        if not (folder / "accuracy_ap.csv").is_file():
+            from retinabench.errors import BenchError
+            raise BenchError(f"{folder}: an accuracy run without accuracy_ap.csv (interrupted?)")
+        name, body = "accuracy-ap", ap_section(folder, base)
+    else:
+        return None
+    print(f"## {name}\n\n{body}\n")
+    if args.readme:
+        up = update_file(Path(args.readme), {name: body}, f"no markers for {name!r}")
+        print(f"{args.readme}: rewritten: {', '.join(up.changed) or 'none (already up to date)'}")
     return ExitCode.OK
 
 
@@ -57,4 +91,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                           "machines, merged")
     rep.add_argument("--readme", help="rewrite this README's sections between retinabench markers")
     rep.add_argument("--no-plots", action="store_true", help="do not write RESULTS_DIR/plots/*.png")
+    rep.add_argument("--html", nargs="?", const="", metavar="FILE",
+                     help="write one self-contained HTML report (tables, plots, flags, environment); "
+                          "FILE defaults to RESULTS_DIR/report.html")
     rep.set_defaults(func=cmd_report)

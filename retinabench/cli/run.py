@@ -61,13 +61,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                            progress_factory=ProgressBar,
                            on_row_done=row_done, warnings=warnings)
     summary = outcome.summary
-    print(stage_table(summary))
-    print(validity_table(summary))
-    for r in outcome.rows:
-        faces = (r.result.faces or [[]])[0]
-        if r.status == "passed":
-            print(f"{r.key}: {len(faces)} face(s) in the first image")
-    print(f"results: {outcome.run_dir} ({outcome.status})")
+    if args.wide:
+        print(stage_table(summary))
+        print(validity_table(summary))
+        print(faces_line(outcome.rows))
+        print(f"results: {outcome.run_dir} ({outcome.status})")
+    elif summary:
+        from retinabench.report.render import console
+        from retinabench.report.run_data import load_run
+        print(console(build_table(load_run(outcome.run_dir)), commands=next_commands(outcome.run_dir),
+                      notes=[faces_line(outcome.rows), f"results: {outcome.run_dir} ({outcome.status})"]))
+    else:
+        print(f"results: {outcome.run_dir} ({outcome.status})")
     if outcome.status == "contended":
         from retinabench.store import RunStore
         print(RunStore(outcome.run_dir).read_meta().get("reason", ""))
@@ -75,6 +80,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run interrupted; finish it with: {resume_command(args, outcome.run_dir)}", file=sys.stderr)
         return ExitCode.INTERRUPTED
     return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
+
+
+def build_table(run: Any) -> Any:
+    from retinabench.report.table_model import build
+    return build(run)
+
+
+def faces_line(rows: List[RowResult]) -> str:
+    """How many faces each passed row found in the first image, in one line (the same count: said once)."""
+    counts = {r.key: len((r.result.faces or [[]])[0]) for r in rows if r.status == "passed"}
+    if not counts:
+        return "faces: no row passed"
+    if len(set(counts.values())) == 1:
+        return f"faces in the first image: {next(iter(counts.values()))} for every passed row"
+    return "faces in the first image: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+
+
+def next_commands(run_dir: Path) -> List[str]:
+    """What to run next: this run's report, and a comparison with the previous run of the scenario."""
+    run_dir = Path(run_dir)
+    scenario = run_dir.name.split("-", 2)[-1] if run_dir.name.count("-") >= 2 else ""
+    earlier = sorted(p for p in run_dir.parent.glob(f"*-{scenario}") if p != run_dir and (p / "summary.csv").is_file()
+                     and p.name < run_dir.name) if scenario else []
+    cmds = [f"bench.py report {run_dir} --html   (tables, plots and flags in one file)"]
+    if earlier:
+        cmds.append(f"bench.py compare {earlier[-1]} {run_dir}   (against the previous run of {scenario})")
+    else:
+        cmds.append(f"bench.py compare OLDER_RUN {run_dir} --fail-if-slower 10   (a regression gate)")
+    return cmds
 
 
 # ---- the scenario: a config, or the command line alone, with the options over it
@@ -330,6 +364,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                                 "config's; 50 without it)")
     run.add_argument("--threads", type=count(1), metavar="N", help="intra-op threads for every backend (default: the config's; "
                                                  "without it, each runtime's own choice)")
+    run.add_argument("--wide", action="store_true",
+                     help="print every column and the validity table, not the compact table")
     run.add_argument("--out", help="results root; the run writes RESULTS_ROOT/<UTC time>-<scenario>/ "
                                    "(default: the config's results_dir, 'results')")
     run.add_argument("--resume", metavar="RUN_DIR",

@@ -134,6 +134,18 @@ class WorkerProcess:
             self.measured += command.loops
         return ended
 
+    def detect(self, images: List[str], threshold: float, out: Path) -> Optional[WorkerResult]:
+        """Untimed detection of `images` into the JSON file `out`: None when written, else how the row ended."""
+        if self.result is not None:
+            return self.result
+        t0 = time.time()
+        try:
+            if not self._send(Command("detect", images=list(images), threshold=float(threshold), out=str(out))):
+                return self._ended()
+            return self._until("done")
+        finally:
+            self.busy.append([t0, time.time()])
+
     def finish(self) -> WorkerResult:
         """Ask the worker to write its files and end; its result (or how it ended)."""
         if self.result is None:

@@ -100,6 +100,7 @@ class RowSession:
         batch = job.row.batch
         batch_images = [images[i % len(images)] for i in range(batch)]
         pre = Preprocessor(family.normalization, job.input.mode, job.input.size)
+        self._detect_pre = Preprocessor(family.normalization, job.input.mode, job.input.size)  # untimed, its own buffers
         self.blob_shape = list(pre.blob_shape(batch_images))
         _, _, h, w = self.blob_shape
         self.backend = cls(variant=spec.variant, threads=spec.threads, device=spec.device, options=spec.options,
@@ -183,6 +184,25 @@ class RowSession:
             entry["note"] = self.load.reason
         self.contention.append(entry)
         return load
+
+    def detect(self, cmd: Command) -> None:
+        """Untimed: every image of `cmd` through the row's preprocessing, network and a decoder that keeps
+        faces down to `cmd.threshold` (the speed rows' threshold stays as it is); the faces to `cmd.out`."""
+        import json
+        from retinabench.model.family import get_family
+        from retinabench.store import atomic_write
+        be = self.backend
+        family = get_family(self.model.family)
+        pre = self._detect_pre
+        decode = family.make_decoder(be.output_names, cmd.threshold)
+        found = {}
+        for path in cmd.images:
+            image = _load_images([path])[0]
+            batch = [image] * self.job.row.batch    # a row built for batch N runs N copies; the first counts
+            blob, metas = pre(batch)
+            faces = decode(be.host_outputs(be.infer(blob)), metas)[0]
+            found[path] = faces.to_json()["faces"]
+        atomic_write(Path(cmd.out), json.dumps(found))
 
     def _replace_last(self) -> None:
         """The last chunk was measured while others were busy: its samples move apart (kept, not counted)."""
@@ -285,6 +305,10 @@ def serve(job: Job, work: WorkDir, channel: Optional[Channel],
                 raise RuntimeError("the parent closed the control channel before `finish`")
             if cmd.kind == "finish":
                 return session.finish()
+            if cmd.kind == "detect":
+                session.detect(cmd)
+                channel.send(Event("done", len(cmd.images), len(cmd.images)))
+                continue
             load = session.measure(cmd, _Throttled(channel, cmd.round))
             channel.send(Event("done", cmd.loops, cmd.loops, cmd.round, load=load))
     finally:

@@ -1,9 +1,11 @@
 """Image -> network blob, into buffers that are reused from loop to loop.
 
-Two input modes, as the originals did it:
+Two input modes, as the originals did it, and one for datasets:
 - `native`: the image as it is (insightface's `detect()` at scale 1.0); a batch needs equal sizes.
 - `fit`: resize keeping the aspect ratio so the image fits width x height, then pad bottom/right
   with zeros (the C++ port: 1280x886 becomes 1280x896 at scale 1.0).
+- `pad`: as `fit`, but never enlarging: an image that fits is placed at scale 1.0 on the canvas
+  (a dataset's images of many sizes through one network shape, each at its original scale).
 
 The hot path is one cv2.split into preallocated uint8 planes, then one pass per plane that writes
 the float32 blob: a uint8 -> float32 copy when the family feeds raw pixels (insightface), the
@@ -23,7 +25,7 @@ import numpy as np
 
 from retinabench.errors import BenchError
 
-INPUT_MODES = ("native", "fit")
+INPUT_MODES = ("native", "fit", "pad")
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,10 @@ class ImageMeta:
         return np.array([self.content_width - 1, self.content_height - 1] * 2, np.float32)
 
 
-def fit_geometry(width: int, height: int, target_w: int, target_h: int) -> Tuple[float, int, int]:
+def fit_geometry(width: int, height: int, target_w: int, target_h: int, enlarge: bool = True) -> Tuple[float, int, int]:
     scale = min(target_w / width, target_h / height)
+    if not enlarge:
+        scale = min(1.0, scale)
     return scale, min(target_w, int(round(width * scale))), min(target_h, int(round(height * scale)))
 
 
@@ -62,8 +66,8 @@ class Preprocessor:
     def __init__(self, norm: Normalization, mode: str, size: Optional[Tuple[int, int]] = None):
         if mode not in INPUT_MODES:
             raise BenchError(f"input mode {mode!r}: expected one of {', '.join(INPUT_MODES)}")
-        if mode == "fit" and size is None:
-            raise BenchError("input mode 'fit' needs a size (width x height)")
+        if mode in ("fit", "pad") and size is None:
+            raise BenchError(f"input mode {mode!r} needs a size (width x height)")
         self.norm = norm
         self.mode = mode
         self.size = size
@@ -90,7 +94,7 @@ class Preprocessor:
                 self._ops.append(("copy", None))
 
     def blob_shape(self, images: Sequence[np.ndarray]) -> Tuple[int, int, int, int]:
-        if self.mode == "fit":
+        if self.mode in ("fit", "pad"):
             w, h = self.size  # type: ignore[misc]
             return (len(images), 3, h, w)
         h, w = images[0].shape[:2]
@@ -112,8 +116,8 @@ class Preprocessor:
         metas = []
         for b, img in enumerate(images):
             h, w = img.shape[:2]
-            if self.mode == "fit":
-                scale, cw, ch = fit_geometry(w, h, shape[3], shape[2])
+            if self.mode in ("fit", "pad"):
+                scale, cw, ch = fit_geometry(w, h, shape[3], shape[2], enlarge=self.mode == "fit")
                 if (cw, ch) != (w, h):
                     key = (cw, ch, img.shape[2])
                     dst = self._resized.get(key)

@@ -1,14 +1,17 @@
 """Two runs side by side: per matching row and stage, the ratio of medians B/A with a bootstrap CI.
 
-Shared machines drift from run to run, so a ratio alone says little: resampling each run's rounds
-(or contiguous blocks of a row measured in one go: retinabench.report.stats, the same machinery as
-a run's own ratios to its reference row; two runs cannot be paired round by round) gives a 95%
-interval for the ratio, and a change counts only when the interval excludes 1.0 and the ratio
-moves by at least 2%.
+Shared machines drift from run to run, so a ratio alone says little: resampling each run's processes
+and rounds (or contiguous blocks of a row measured in one go: retinabench.report.stats, the same
+machinery as a run's own ratios to its reference row; two runs cannot be paired round by round)
+gives a 95% interval for the ratio. A comparison makes many checks at once (rows x stages), and at
+95% one in twenty unchanged checks would look changed by chance: so a change counts only when its
+bootstrap p-value, adjusted by Holm's method over all the checks (retinabench.report.verdict.holm),
+is below 5%, and the ratio moves by at least 2%. The text says how many checks were made and how
+many would have looked changed by chance without the correction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,6 +23,7 @@ from retinabench.records import RowId
 from retinabench.report.format import ms
 from retinabench.report.run_data import RunData
 from retinabench.report.stats import CI_LEVEL, RESAMPLES, SEED, ratio_ci
+from retinabench.report.verdict import describe_checks, holm
 
 MIN_CHANGE = 0.02        # below this a change is "same" even when the interval excludes 1.0
 
@@ -36,6 +40,8 @@ class StageComparison:
     ci_low: float
     ci_high: float
     verdict: str
+    p_value: float = 1.0       # bootstrap p-value of B/A = 1
+    p_holm: float = 1.0        # ... adjusted over every check of the comparison
 
 
 @dataclass
@@ -47,8 +53,12 @@ class RunComparison:
     only_b: List[str]
 
 
-def verdict(ratio: float, lo: float, hi: float, min_change: float = MIN_CHANGE) -> str:
+def verdict(ratio: float, lo: float, hi: float, min_change: float = MIN_CHANGE, p_holm: Optional[float] = None) -> str:
+    """'faster', 'slower' or 'same (within noise)': a change needs its interval (and, where given, its
+    Holm-adjusted p-value) to exclude no change, and a move of at least `min_change`."""
     if lo <= 1.0 <= hi or abs(ratio - 1.0) < min_change or not np.isfinite(ratio):
+        return "same (within noise)"
+    if p_holm is not None and p_holm >= 1 - CI_LEVEL:
         return "same (within noise)"
     return "faster" if ratio < 1.0 else "slower"
 
@@ -72,17 +82,28 @@ def _stage_samples(run: RunData) -> Dict[MatchKey, Samples]:
     return out
 
 
+def run_spread(run: RunData) -> float:
+    """The run-to-run term a run's scenario declared (retinabench.config.RUN_SPREAD; 0 in older runs)."""
+    try:
+        return float(run.config.get("run_spread") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def compare_runs(a: RunData, b: RunData) -> RunComparison:
     sa, sb = _stage_samples(a), _stage_samples(b)
+    spread = float(np.hypot(run_spread(a), run_spread(b)))   # two runs: each its own state of the machine
     rows = []
     for key, (xa, ra, pa) in sa.items():
         if key not in sb:
             continue
         xb, rb, pb = sb[key]
         # B / A, each run's processes and rounds drawn independently
-        iv = ratio_ci(xb, xa, rb, ra, a_processes=pb, b_processes=pa)
+        iv = ratio_ci(xb, xa, rb, ra, a_processes=pb, b_processes=pa, run_spread=spread)
         rows.append(StageComparison(key[0], key[1], float(np.median(xa)), float(np.median(xb)), iv.estimate,
-                                    iv.low, iv.high, verdict(iv.estimate, iv.low, iv.high)))
+                                    iv.low, iv.high, "", 1.0 if iv.p_value is None else iv.p_value))
+    adjusted = holm([r.p_value for r in rows])
+    rows = [replace(r, p_holm=p, verdict=verdict(r.ratio, r.ci_low, r.ci_high, p_holm=p)) for r, p in zip(rows, adjusted)]
     only_a = sorted({_row_name(k) for k in sa if k not in sb})
     only_b = sorted({_row_name(k) for k in sb if k not in sa})
     return RunComparison(a, b, rows, only_a, only_b)
@@ -107,8 +128,10 @@ def comparison_text(c: RunComparison, fmt: str = "simple") -> str:
                                                "B median ms", "B/A", "95% CI", "B is"],
                                tablefmt=fmt, disable_numparse=True), "",
                   f"B/A: ratio of medians; CI: {CI_LEVEL:.0%} bootstrap percentile interval ({RESAMPLES} resamples "
-                  f"of each run's rounds, or of blocks of loops where a row ran in one go; seed {SEED}); 'same' "
-                  f"when the interval holds 1.0 or the change is under {MIN_CHANGE:.0%}."]
+                  f"of each run's processes and rounds, or of blocks of loops where a row ran in one go; seed {SEED}); "
+                  f"'same' when the interval holds 1.0, the change is under {MIN_CHANGE:.0%}, or its Holm-adjusted "
+                  "p-value is 5% or more.",
+                  describe_checks(len(c.rows), sum(r.verdict != "same (within noise)" for r in c.rows))]
     if c.only_a:
         lines.append("only in A: " + ", ".join(c.only_a))
     if c.only_b:

@@ -1,47 +1,63 @@
-"""The report people read: a run folder -> the README's markdown sections, and the README rewritten.
+"""The report people read: a run folder -> the README's compact section and the scenario's full page.
 
-A section is regenerated only from the run folder's own files (retinabench.report.run_data), never
-from "now": running the report twice on one folder gives the same bytes, so README diffs show
-changed measurements and nothing else. Markers in the README (retinabench.report.markers):
+A section and a page are regenerated only from the run folder's own files
+(retinabench.report.run_data), never from "now": running the report twice on one folder gives the
+same bytes, so diffs show changed measurements and nothing else. In the README,
 
-    <!-- retinabench:begin SCENARIO -->            speed table (retinabench.report.speed)
-    <!-- retinabench:begin accuracy-SCENARIO -->   accuracy section (retinabench.report.accuracy_section)
-    <!-- retinabench:begin plots-SCENARIO -->      plot image links (retinabench.report.plots)
-    ... each closed by <!-- retinabench:end NAME -->
+    <!-- retinabench:begin SCENARIO -->   the compact table, its verdicts, links (retinabench.report.pages)
+    <!-- retinabench:end SCENARIO -->
+
+and `docs/results/SCENARIO.md` beside it is written whole: the full speed table, footprint, flags,
+accuracy and plots (retinabench.report.pages.page).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 
-from retinabench.report.accuracy_section import accuracy_section
-from retinabench.report.format import relative_link
-from retinabench.report.markers import ReadmeUpdate, marker_lines, rewrite_sections, update_file
-from retinabench.report.plots import planned_plots
+from retinabench.report.markers import ReadmeUpdate, rewrite_sections
+from retinabench.report.pages import page, page_path, sections
 from retinabench.report.run_data import RunData, load_run
-from retinabench.report.speed import speed_section
+from retinabench.store import atomic_write
 
-__all__ = ["load_run", "report_sections", "rewrite_sections", "update_readme"]
+__all__ = ["load_run", "report_sections", "rewrite_sections", "update_readme", "write_page", "PageUpdate"]
 
 
-def plots_section(run: RunData, link_base: Path) -> str:
-    specs = planned_plots(run)
-    if not specs:
-        return f"No plots: run `{run.path.name}` has no passed rows."
-    return "\n".join(f"![{s.title}]({relative_link(run.path / 'plots' / s.file, link_base)})" for s in specs)
+@dataclass
+class PageUpdate:
+    path: Path
+    changed: bool
 
 
 def report_sections(run: RunData, link_base: Path) -> Dict[str, str]:
-    """Marker name -> markdown, for one run."""
-    name = run.scenario
-    return {name: speed_section(run, link_base),
-            f"accuracy-{name}": accuracy_section(run),
-            f"plots-{name}": plots_section(run, link_base)}
+    """Marker name -> markdown, for one run (links relative to `link_base`, the README's folder)."""
+    return sections(run, link_base)
+
+
+def write_page(run: RunData, readme_dir: Path) -> PageUpdate:
+    """docs/results/<scenario>.md, written only when its bytes change."""
+    path = page_path(readme_dir, run.scenario)
+    text = page(run, readme_dir)
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    if old != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode("utf-8"))
+    return PageUpdate(path, old != text)
 
 
 def update_readme(readme: Path, run: RunData) -> ReadmeUpdate:
-    """Rewrite the run's marked sections in a README; the file is written only when something changed."""
-    begin, end = marker_lines(run.scenario)
-    hint = (f"no markers for scenario {run.scenario!r}; add e.g. '{begin}' ... '{end}' "
-            f"(also accuracy-{run.scenario}, plots-{run.scenario})")
-    return update_file(Path(readme), report_sections(run, Path(readme).parent), hint)
+    """Rewrite the run's marked section in a README and its page beside it."""
+    from retinabench.errors import BenchError
+    if not Path(readme).is_file():
+        raise BenchError(f"{readme}: no such README")
+    text = Path(readme).read_text(encoding="utf-8")
+    new, update = rewrite_sections(text, report_sections(run, Path(readme).parent))
+    if new != text:
+        atomic_write(Path(readme), new.encode("utf-8"))
+    written = write_page(run, Path(readme).parent)   # a scenario without a README section still gets its page
+    if written.changed:
+        update.changed.append(str(written.path))
+    return update
+
+

@@ -113,6 +113,20 @@ class Interval:
     low: float
     high: float
     paired: bool = False
+    # two-sided bootstrap p-value of "the ratio is 1" (ratios only; None where not computed)
+    p_value: Optional[float] = None
+
+
+def p_value(resamples: np.ndarray, null: float = 1.0) -> float:
+    """Two-sided bootstrap p-value of `null`: twice the smaller share of resamples on either side of it
+    (each share counted with one more resample, so it is never 0)."""
+    v = np.asarray(resamples, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 1.0
+    below = (np.sum(v <= null) + 1) / (v.size + 1)
+    above = (np.sum(v >= null) + 1) / (v.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
 
 
 def clusters(samples: np.ndarray, rounds: Optional[np.ndarray] = None) -> Tuple[List[int], np.ndarray]:
@@ -143,12 +157,19 @@ def _pooled_median(m: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _bootstrap(data: Tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray]) -> Tuple[float, float]:
     """A percentile interval from scipy.stats.bootstrap over cluster indices, with the fixed seed."""
+    lo, hi, _ = _bootstrap_with_p(data, statistic)
+    return lo, hi
+
+
+def _bootstrap_with_p(data: Tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray]) -> Tuple[float, float, float]:
+    """The interval and the p-value of a ratio of 1, from one scipy.stats.bootstrap."""
     from scipy import stats
     params = inspect.signature(stats.bootstrap).parameters
     rng = {"rng" if "rng" in params else "random_state": np.random.default_rng(SEED)}
     res = stats.bootstrap(data, statistic, n_resamples=RESAMPLES, batch=250, vectorized=True, axis=-1,
                           confidence_level=CI_LEVEL, method="percentile", **rng)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high),
+            p_value(res.bootstrap_distribution))
 
 
 def median_ci(samples: np.ndarray, rounds: Optional[np.ndarray] = None,
@@ -177,33 +198,36 @@ def can_pair(a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray]) -> 
 
 def ratio_ci(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray] = None,
              b_rounds: Optional[np.ndarray] = None, paired: bool = False,
-             a_processes: Optional[np.ndarray] = None, b_processes: Optional[np.ndarray] = None) -> Interval:
+             a_processes: Optional[np.ndarray] = None, b_processes: Optional[np.ndarray] = None,
+             run_spread: float = 0.0) -> Interval:
     """median(a) / median(b) with a 95% interval.
 
     `paired`: a and b were measured in the same rounds (one interleaved group): a resample draws
     rounds, and takes both rows' samples of those rounds, so a slowdown that hit a round hit both
     sides of the ratio and cancels. Otherwise each side's rounds (or blocks) are drawn independently.
     Rows measured by several processes are resampled in two levels: processes first (process k of
-    both rows, which measured the same block of rounds, when paired), then rounds within each."""
+    both rows, which measured the same block of rounds, when paired), then rounds within each, and
+    `run_spread` (a relative standard deviation) adds the variation between runs that one run cannot
+    see (retinabench.config.RUN_SPREAD says how it was measured)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     estimate = float(np.median(a) / np.median(b)) if np.median(b) > 0 else float("inf")
     if several(a_processes) or several(b_processes):
-        return _nested_ratio(a, b, a_rounds, b_rounds, a_processes, b_processes, paired, estimate)
+        return _nested_ratio(a, b, a_rounds, b_rounds, a_processes, b_processes, paired, estimate, run_spread)
     if paired and can_pair(a_rounds, b_rounds):
         common = sorted(set(np.unique(a_rounds).tolist()) & set(np.unique(b_rounds).tolist()))
         keep_a, keep_b = np.isin(a_rounds, common), np.isin(b_rounds, common)
         _, ma = clusters(a[keep_a], np.asarray(a_rounds)[keep_a])
         _, mb = clusters(b[keep_b], np.asarray(b_rounds)[keep_b])
-        lo, hi = _bootstrap((np.arange(len(common)),),
-                            lambda i, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, i))
-        return Interval(estimate, lo, hi, paired=True)
+        lo, hi, p = _bootstrap_with_p((np.arange(len(common)),),
+                                      lambda i, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, i))
+        return Interval(estimate, lo, hi, paired=True, p_value=p)
     _, ma = clusters(a, a_rounds)
     _, mb = clusters(b, b_rounds)
     if len(ma) < 2 or len(mb) < 2:
-        return Interval(estimate, estimate, estimate)
-    lo, hi = _bootstrap((np.arange(len(ma)), np.arange(len(mb))),
-                        lambda i, j, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, j))
-    return Interval(estimate, lo, hi)
+        return Interval(estimate, estimate, estimate, p_value=1.0 if estimate == 1.0 else None)
+    lo, hi, p = _bootstrap_with_p((np.arange(len(ma)), np.arange(len(mb))),
+                                  lambda i, j, axis=-1: _pooled_median(ma, i) / _pooled_median(mb, j))
+    return Interval(estimate, lo, hi, p_value=p)
 
 
 def round_stats(samples: np.ndarray, rounds: Optional[np.ndarray]) -> Dict[str, float]:
@@ -312,8 +336,13 @@ def _percentiles(values: np.ndarray, estimate: float, clusters: int) -> Tuple[fl
     Student's t with K-1 degrees of freedom applies (K processes: 10 widens it by 22%)."""
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = np.percentile(values[np.isfinite(values)], [100 * alpha, 100 * (1 - alpha)])
-    factor = small_sample_factor(clusters)
+    factor = small_sample_factor(clusters) if clusters else 1.0   # 0: already widened
     return float(estimate - (estimate - lo) * factor), float(estimate + (hi - estimate) * factor)
+
+
+def _widened(values: np.ndarray, estimate: float, clusters: int) -> np.ndarray:
+    """Resamples spread about the estimate by the small-sample factor: the distribution the interval is read from."""
+    return estimate + (np.asarray(values, np.float64) - estimate) * small_sample_factor(clusters)
 
 
 def small_sample_factor(clusters: int) -> float:
@@ -357,7 +386,7 @@ def nested_cell_medians(cells: np.ndarray, resamples: int = RESAMPLES, seed: int
 
 def _nested_ratio(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray], b_rounds: Optional[np.ndarray],
                   a_processes: Optional[np.ndarray], b_processes: Optional[np.ndarray], paired: bool,
-                  estimate: float) -> Interval:
+                  estimate: float, run_spread: float = 0.0) -> Interval:
     """Rows of several processes. Paired (one group): the estimate is the median, over the (process, round)
     cells both rows measured, of the ratio of their cell medians: each cell's ratio cancels what the machine
     did in that cell to both rows, and the median over cells ignores the few cells a disturbance hit one row
@@ -367,13 +396,26 @@ def _nested_ratio(a: np.ndarray, b: np.ndarray, a_rounds: Optional[np.ndarray], 
         cells = paired_cells(a, b, a_rounds, b_rounds, a_processes, b_processes)
         if cells is not None:
             est = float(np.nanmedian(cells))
-            lo, hi = _percentiles(nested_cell_medians(cells), est, cells.shape[0])
-            return Interval(est, lo, hi, paired=True)
+            values = with_run_term(_widened(nested_cell_medians(cells), est, cells.shape[0]), run_spread)
+            lo, hi = _percentiles(values, est, 0)
+            return Interval(est, lo, hi, paired=True, p_value=p_value(values))
     ga, gb = Nested.of(a, a_rounds, a_processes), Nested.of(b, b_rounds, b_processes)
     (ma,) = nested_resamples([ga], ga.cells, seed=SEED)
     (mb,) = nested_resamples([gb], gb.cells, seed=SEED + 1)
-    lo, hi = _percentiles(ma / mb, estimate, min(len(ga.cells), len(gb.cells)))
-    return Interval(estimate, lo, hi)
+    k = min(len(ga.cells), len(gb.cells))
+    values = with_run_term(_widened(ma / mb, estimate, k), run_spread)
+    lo, hi = _percentiles(values, estimate, 0)
+    return Interval(estimate, lo, hi, p_value=p_value(values))
+
+
+def with_run_term(values: np.ndarray, spread: float, seed: int = SEED + 7) -> np.ndarray:
+    """Ratio resamples each multiplied by exp(N(0, spread^2)): the run-to-run variation added to the
+    within-run one (a fixed seed: the same samples always give the same interval)."""
+    v = np.asarray(values, np.float64)
+    if spread <= 0:
+        return v
+    noise = np.random.default_rng(seed).standard_normal(v.shape)
+    return v * np.exp(spread * noise)
 
 
 def process_stats(samples: np.ndarray, rounds: Optional[np.ndarray],

@@ -41,7 +41,7 @@ FOOTPRINT_COLUMNS = ["host_mib_baseline", "host_mib_loaded", "host_mib_load_peak
 # interval covers, how steady its loops were, and what other programs did while it measured.
 PROCESS_COLUMNS = ["processes", "load_s_min", "load_s_max", "process_spread", "process_within", "process_ratio",
                    "spread_iqr", "warmup_drift", "rewarm_drift", "contention_cores_median", "contention_cores_max",
-                   "steal_s", "chunks", "chunks_replaced", "chunks_contended"]
+                   "steal_s", "chunks", "chunks_replaced", "chunks_contended", "ratio_run_spread"]
 
 # The first columns are those of runs before rounds existed, in their order; new ones come after.
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
@@ -72,7 +72,7 @@ def reference_rows(rows: List[RowResult], reference: Optional[str]) -> Dict[RowI
     return out
 
 
-def _ratio_columns(r: RowResult, ref: Optional[RowResult], stage: int) -> Dict[str, Any]:
+def _ratio_columns(r: RowResult, ref: Optional[RowResult], stage: int, run_spread: float = 0.0) -> Dict[str, Any]:
     """The ratio of the row's median to its reference's at one stage, with its 95% interval."""
     if ref is None:
         return {}
@@ -80,7 +80,7 @@ def _ratio_columns(r: RowResult, ref: Optional[RowResult], stage: int) -> Dict[s
         return {"reference": ref.key, "ratio": 1.0, "ratio_ci_low": 1.0, "ratio_ci_high": 1.0, "ratio_paired": True}
     paired = bool(r.group) and r.group == ref.group
     iv = ratio_ci(r.samples_ns[:, stage], ref.samples_ns[:, stage], r.rounds, ref.rounds, paired=paired,
-                  a_processes=r.processes, b_processes=ref.processes)
+                  a_processes=r.processes, b_processes=ref.processes, run_spread=run_spread)
     return {"reference": ref.key, "ratio": iv.estimate, "ratio_ci_low": iv.low, "ratio_ci_high": iv.high,
             "ratio_paired": iv.paired}
 
@@ -128,7 +128,8 @@ def process_columns(r: RowResult) -> Dict[str, Any]:
     return cols
 
 
-def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List[Dict[str, Any]]:
+def summary_rows(rows: List[RowResult], reference: Optional[str] = None,
+                 run_spread: float = 0.0) -> List[Dict[str, Any]]:
     """One dict per row and stage (summary.csv's lines), each with its validity flags and its `row` id.
 
     With a `reference` backend, every row's median at each stage is also given as a ratio to the
@@ -174,7 +175,10 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None) -> List
             extra: Dict[str, Any] = {"rounds": int(rs.get("rounds", 1)), "group": r.group,
                                      "median_ci_low_ms": ci.low, "median_ci_high_ms": ci.high,
                                      "spread_iqr": round(spread, 4), "warmup_drift": round(warm, 4),
-                                     "rewarm_drift": round(rewarm, 4), **_ratio_columns(r, refs.get(r.id), i)}
+                                     "rewarm_drift": round(rewarm, 4),
+                                     **_ratio_columns(r, refs.get(r.id), i, run_spread)}
+            if refs.get(r.id) is not None and r.processes is not None:
+                extra["ratio_run_spread"] = run_spread
             if rs:
                 extra.update(round_cv=round(rs["round_cv"], 4), round_drift=round(rs["round_drift"], 4),
                              round_spread=round(rs["round_spread"], 3))
@@ -300,8 +304,9 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def write_summary(store: RunStore, rows: List[RowResult], reference: Optional[str] = None) -> List[Dict[str, Any]]:
-    summary = summary_rows(rows, reference)
+def write_summary(store: RunStore, rows: List[RowResult], reference: Optional[str] = None,
+                  run_spread: float = 0.0) -> List[Dict[str, Any]]:
+    summary = summary_rows(rows, reference, run_spread)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -342,7 +347,7 @@ def write_detections(store: RunStore, rows: List[RowResult]) -> None:
 
 def summarise_run(store: RunStore, rows: List[RowResult], scenario: Scenario) -> List[Dict[str, Any]]:
     """Every report a run folder holds, from its rows (the runner's `summarise` hook); the summary lines."""
-    summary = write_summary(store, rows, scenario.reference)
+    summary = write_summary(store, rows, scenario.reference, scenario.run_spread)
     write_samples(store, rows)
     write_detections(store, rows)
     write_accuracy(store, rows, scenario.reference)
