@@ -45,9 +45,26 @@ def coverage_section(folder: Path, link_base: Path) -> str:
     rows = ", ".join(sorted(table))
     env = data.get("env") or {}
     cpu = f"{env.get('cpu_model', '?')}, {env.get('usable_cpus', '?')} cores"
-    text = (f"`{data['config']}` ({rows}; {data['stage']} ratio to the reference), {data['repeats']} runs per "
-            f"variant, alternating, on {cpu}: [{Path(folder).name}/coverage.md]({link}) has every run's ratio and "
-            "interval.")
-    return text + "\n\n" + md_table(["variant", "settings", "largest spread between runs", "intervals holding the "
+    text = (f"`{data['config']}` on model {_model(folder, data)} ({rows}; {data['stage']} ratio to the reference), "
+            f"{data['repeats']} runs per variant, alternating, on {cpu}: [{Path(folder).name}/coverage.md]({link}) "
+            "has every run's ratio and interval.")
+    return _wrap(text) + "\n\n" + md_table(["variant", "settings", "largest spread between runs", "intervals holding the "
                                      "median of the runs", "furthest from the quiet median", "chunks measured again"],
                                     lines)
+
+
+def _model(folder: Path, data: Dict[str, Any]) -> str:
+    """The model the study's runs measured (their config.yaml: a path, or 'default')."""
+    import yaml
+    for runs in data["runs"].values():
+        for r in runs:
+            cfg = Path(folder) / "runs" / r["run"] / "config.yaml"
+            if cfg.is_file():
+                model = str((yaml.safe_load(cfg.read_text()) or {}).get("model", "?"))
+                return "default" if model == "default" else f"`{Path(model).name}`"
+    return "?"
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(text, 110, break_long_words=False, break_on_hyphens=False))
