@@ -4,14 +4,16 @@ Shared by the `int8` variants of onnxruntime (static QDQ through `quantize_stati
 (NNCF post-training quantisation), so both calibrate on the same images, the same way.
 
 Which images (the backend option `calibration`):
-- unset, `dlib:train` or `dlib`: the **training** split of dlib's annotated faces (4 photos,
-  retinabench.datasets, fetched from Debian's dlib source package into the datasets cache when
-  needed). Never its test split by default: that split is what accuracy runs evaluate on.
+- unset, `dlib:train` or `dlib` (also `dlib@SCALE`): the **training** split of dlib's annotated
+  faces (4 photos, retinabench.datasets, fetched from Debian's dlib source package into the
+  datasets cache when needed). Never its test split by default: accuracy runs evaluate on that.
 - any other dataset spec `open_dataset` reads (`dlib:train@0.5`, `voc:DIR`, `coco:FILE.json`,
   `widerface:PATH`): that dataset's images.
 - anything else is a folder (`/path/to/folder`, `~/folder`, a relative path from the working
-  directory, or explicitly `folder:PATH`): its *.jpg, *.jpeg, *.png, *.bmp files (not
-  recursive), in name order.
+  directory, or explicitly `folder:PATH`, e.g. for a folder named `dlib`): its *.jpg, *.jpeg,
+  *.png, *.bmp files (not recursive).
+Images are fed in the order of their sha256, so the same images are the same calibration (and
+the same cached model) whichever spec named them.
 Refusing a calibration set that overlaps an evaluation split is the accuracy command's job: it
 calls `row_calibration(name, variant, options)` (or `calibration_images(options)`) for each row and
 compares the sha256 of the images with the dataset's.
@@ -110,8 +112,9 @@ def resolve_calibration(spec: Optional[str], cache_dir: Optional[Path] = None, f
             raise BenchError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         source, text = f"folder {folder}", str(folder)
     else:
-        if text.lower() == "dlib":  # dlib's own default split is test: calibration's is train
-            text = DEFAULT_CALIBRATION
+        m = re.match(r"^dlib(@.*)?$", text, re.IGNORECASE)
+        if m:  # no split named: dlib's own default is test, calibration's is train
+            text = DEFAULT_CALIBRATION + (m.group(1) or "")
         try:
             ds = open_dataset(text, Path(cache_dir) if cache_dir else default_cache_dir(), fetch=fetch)
         except SourceUnreachable as e:
@@ -190,7 +193,8 @@ def preprocess_record(family_name: str, height: int, width: int) -> Dict[str, An
 
 
 # ---- cache
-def cached_quantized(kind: str, key: Dict[str, Any], build: Callable[[Path], None]) -> Tuple[Path, bool, Dict[str, float]]:
+def cached_quantized(kind: str, key: Dict[str, Any],
+                     build: Callable[[Path], None]) -> Tuple[Path, bool, Dict[str, float]]:
     """(entry folder, came from the cache, timings) for a quantised model; `build(dir)` writes it.
 
     The build runs under an exclusive lock on <cache>/<kind>/<key hash>.lock, so processes loading

@@ -66,6 +66,7 @@ class EmptyOptions:
     fault_after: int = 0                      # ... after this many infer calls
     reserve_mib: int = 0                      # test-only: hold this many MiB of touched host memory from load
     reserve_gpu_mib: int = 0                  # test-only (variant cuda): ... of filled device memory
+    stderr: str = ""                          # test-only: print this line on stderr at load (as runtimes warn)
 
 
 class EmptyBackend(Backend):
@@ -84,6 +85,9 @@ class EmptyBackend(Backend):
 
     def load(self, model, batch: int, height: int, width: int) -> None:
         from retinabench.graph.onnx_import import ConversionError
+        if self.options.stderr:
+            import sys
+            print(self.options.stderr, file=sys.stderr, flush=True)
         self._reserve()
         if self.spec.cuda:
             self._load_cuda()

@@ -181,5 +181,6 @@ def _quantize_static(source: Path, out: Path, blobs: List[np.ndarray]) -> None:
         quantize_static(str(prepared), str(out), Reader(), quant_format=getattr(QuantFormat, m["quant_format"]),
                         activation_type=getattr(QuantType, m["activation_type"]),
                         weight_type=getattr(QuantType, m["weight_type"]), per_channel=m["per_channel"],
-                        reduce_range=m["reduce_range"], calibrate_method=getattr(CalibrationMethod, m["calibrate_method"]),
+                        reduce_range=m["reduce_range"],
+                        calibrate_method=getattr(CalibrationMethod, m["calibrate_method"]),
                         nodes_to_exclude=excluded)

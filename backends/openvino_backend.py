@@ -60,8 +60,9 @@ INT8_METHOD: Dict[str, Any] = {
 # and an import): NNCF declares numpy >= 1.24 from 2.15 on (3.4.0: >= 1.24, < 2.5), and MXNet pins
 # numpy to 1.23.5; the last release that accepts numpy 1.23, 2.14.1, imports openvino.runtime,
 # which openvino 2026 removed, so its nncf.quantize rejects an openvino 2026.4 model.
-NNCF_WHY_NOT = ("no NNCF release installs beside the pinned packages and runs: nncf >= 2.15 requires numpy >= 1.24 (the venv pins "
-                "numpy==1.23.5 for MXNet), and nncf <= 2.14.1 needs openvino.runtime, removed in openvino 2026")
+NNCF_WHY_NOT = ("no NNCF release installs beside the pinned packages and runs: nncf >= 2.15 requires "
+                "numpy >= 1.24 (the venv pins numpy==1.23.5 for MXNet), and nncf <= 2.14.1 needs "
+                "openvino.runtime, removed in openvino 2026")
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,8 @@ class RowResult:
     # keys of the rows whose work on the same host overlapped this row's measured windows
     # (retinabench.harness.units.overlaps): [] means it was measured alone
     overlaps: List[str] = field(default_factory=list)
+    # the last line of the row's stderr where it reads like an error (rows/<key>.stderr.txt holds it all)
+    stderr_tail: str = ""
 
     @property
     def key(self) -> str:

@@ -75,18 +75,24 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
 def check_calibration(scenario: Any, datasets: List[Any]) -> None:
     """A row calibrated on images of an evaluation dataset would grade itself: refused, naming both."""
-    from backends.base import backend_class
+    from backends.calibration import row_calibration
     from retinabench.datasets.records import sha256_file
     evaluated = {sha256_file(it.path): (ds.name, it.path) for ds in datasets for it in ds.items}
     for b in scenario.backends:
-        find = getattr(backend_class(b.name), "calibration_images", None)
-        if find is None:
+        cal = row_calibration(b.name, b.variant, _options(b))
+        if cal is None:
             continue
-        for path in find(b.variant, b.options) or []:
-            hit = evaluated.get(sha256_file(Path(path)))
+        for path, digest in zip(cal.paths, cal.sha256):
+            hit = evaluated.get(digest)
             if hit is not None:
                 raise BenchError(f"{b.name} ({b.variant}) calibrates on {path}, which is image {hit[1]} of the "
                                  f"evaluation set {hit[0]}: calibrate on another split (its `calibration` option)")
+
+
+def _options(spec: Any) -> Any:
+    """A backend entry's options as its backend types them (what the calibration resolves from)."""
+    from backends.base import backend_class
+    return backend_class(spec.name).parse_options(dict(spec.options), f"backend {spec.name!r} options")
 
 
 @subcommand("accuracy")

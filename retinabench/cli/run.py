@@ -36,6 +36,8 @@ def row_done(r: RowResult, i: int, n: int) -> None:
         line += f", total median {m.median_ms:.3f} ms, CV {100 * m.cv:.1f}%"
     elif r.reason:
         line += f": {r.reason}"
+    if r.stderr_tail:
+        line += f"\n    its stderr ends: {r.stderr_tail}  (all of it: rows/{r.key}.stderr.txt)"
     print(line, file=sys.stderr, flush=True)
 
 

@@ -52,10 +52,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or "dataset"
 
 
+NO_NETWORK = {"empty"}   # backends that run no network: nothing to score
+
+
 def accuracy_rows(scenario: Scenario) -> List[Row]:
-    """One row per backend entry: its first batch size (accuracy does not depend on the batch)."""
+    """One row per backend entry that runs a network: its first batch size (accuracy does not depend on it)."""
     seen, out = set(), []
     for row in scenario.rows():
+        if row.id.backend in NO_NETWORK:
+            continue
         key = (row.id.backend, row.id.variant, row.id.device)
         if key not in seen:
             seen.add(key)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -146,6 +148,7 @@ class _Session:
         self.store.write_file(host_file(host), json.dumps(info, indent=1, default=str))
 
     def record(self, result: RowResult) -> None:
+        keep_stderr(self.store, result)
         if not result.host and self.executor is None:
             if not self.local_host:
                 host, info = host_info()
@@ -299,7 +302,26 @@ def _run(scenario: Scenario, model: Path, images: List[Path], results_root: Path
         raise
     finally:
         lock.release()
+    if status in ("complete", "contended"):   # kept for an incomplete or partial run: --resume needs it
+        shutil.rmtree(store.path / ".work", ignore_errors=True)
     return RunOutcome(store.path, ordered, status, summary)
+
+
+def keep_stderr(store: RunStore, result: RowResult) -> None:
+    """rows/<key>.stderr.txt: what the row's worker(s) printed (runtimes' warnings and errors), kept in the
+    run folder itself (the scratch folder goes when the run completes); its last line on the row when it
+    reads like an error, so the console can show it."""
+    src = store.work(result.id).stderr
+    try:
+        data = src.read_bytes()
+    except OSError:
+        return
+    if not data.strip():
+        return
+    store.write_file(f"rows/{result.key}.stderr.txt", data)
+    last = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip() and not ln.startswith("---")]
+    if last and ERRORISH.search(last[-1]):
+        result.stderr_tail = last[-1][:300]
 
 
 def contended_rows(rows: List[RowResult]) -> Dict[str, int]:
@@ -322,6 +344,8 @@ def contention_reason(contended: Dict[str, int], limit: Optional[float]) -> str:
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+
+ERRORISH = re.compile(r"error|exception|fatal|abort|segmentation", re.I)
 
 # Fields that say where rows run, not what a row is: a run started here may be finished on a cluster
 # (a new cluster's scheduler has a new address), and the other way round.

@@ -195,6 +195,8 @@ class RowSession:
         family = get_family(self.model.family)
         pre = self._detect_pre
         decode = family.make_decoder(be.output_names, cmd.threshold)
+        if getattr(decode, "input_size", 0) is None:   # a decoder that needs the network's input size (biubug6's
+            decode.input_size = tuple(self.blob_shape[2:])  # priors): the canvas, which `pad` fills on no side
         found = {}
         for path in cmd.images:
             image = _load_images([path])[0]

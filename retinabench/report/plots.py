@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from retinabench.harness.loop import STAGES
-from retinabench.report.format import row_label
+from retinabench.report.format import ms, row_label
 from retinabench.report.run_data import RunData
 from retinabench.report.tables import pivot
 from retinabench.store import atomic_write
@@ -42,7 +42,8 @@ def _label(run: RunData, r: Dict) -> str:
 
 
 def stage_breakdown(run: RunData) -> Figure:
-    """Stacked horizontal bars: median preprocess + inference + postprocess per row."""
+    """Stacked horizontal bars: median preprocess + inference + postprocess per row, each labelled with the
+    row's total median as the tables give it (a sum of stage medians is not the median of the totals)."""
     rows = _passed(run)
     fig = Figure(figsize=(8, 1.2 + 0.45 * max(1, len(rows))), layout="constrained")
     ax = fig.add_subplot()
@@ -53,8 +54,9 @@ def stage_breakdown(run: RunData) -> Figure:
         widths = np.array([r[stage]["median_ms"] for r in rows])
         ax.barh(y, widths, left=left, color=STAGE_COLOURS[stage], label=stage)
         left += widths
-    for yi, total in zip(y, left):
-        ax.annotate(f" {total:.3g} ms", (total, yi), va="center", fontsize=8)
+    # the label is the table's total column (the median of the loops' totals), not the bars' sum of medians
+    for yi, end, r in zip(y, left, rows):
+        ax.annotate(f" {ms(r['total']['median_ms'])} ms", (end, yi), va="center", fontsize=8)
     ax.margins(x=0.12)  # room for the totals
     ax.set_yticks(y, labels)
     ax.invert_yaxis()  # the scenario's first row on top, as in the table

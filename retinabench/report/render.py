@@ -45,11 +45,11 @@ def _fit(table: RunTable, cols: List[Column], width: int) -> str:
         return tabulate(rows, headers=[c.title for c in cols], tablefmt="simple", disable_numparse=True,
                         colalign=[("right" if c.numeric else "left") for c in cols])
     text = render(None)
-    widest = max(len(x) for x in text.splitlines())
-    if widest <= width:
-        return text
-    last = max(len(line.text(cols[-1].key)) for line in table.lines)
-    return render(max(MIN_FLAGS_WIDTH, last - (widest - width)))
+    limit = max(len(line.text(cols[-1].key)) for line in table.lines)
+    while max(len(x) for x in text.splitlines()) > width and limit > MIN_FLAGS_WIDTH:
+        limit = max(MIN_FLAGS_WIDTH, limit - (max(len(x) for x in text.splitlines()) - width))
+        text = render(limit)
+    return text
 
 
 def console(table: RunTable, width: Optional[int] = None, wide: bool = False,
@@ -61,8 +61,8 @@ def console(table: RunTable, width: Optional[int] = None, wide: bool = False,
              _fit(table, cols, width) if not wide else markdown(table, compact=False), ""]
     parts += [_cut(n, width) for n in table.notes + list(notes or [])]
     if table.legend:
-        parts.append(_cut("flags: " + "; ".join(f for f, _ in table.legend)
-                          + f" (what each means and what to do: {table.run_path}/summary.md)", width))
+        parts.append(_cut("flags: " + "; ".join(f for f, _ in table.legend), width))
+        parts.append(f"what each flag means and what to do: {table.run_path}/summary.md")
     parts += [""] + [_cut("verdict: " + v.sentence(), width) for v in table.verdicts]
     if commands:
         parts += [_cut("next: " + c, width) for c in commands]
