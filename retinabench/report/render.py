@@ -14,7 +14,7 @@ from tabulate import tabulate
 from retinabench.report.format import cell as md_cell
 from retinabench.report.table_model import Column, RunTable
 
-MIN_FLAGS_WIDTH = 16
+MIN_FLAGS_WIDTH = 12
 
 
 def context_line(table: RunTable) -> str:
@@ -42,7 +42,7 @@ def _fit(table: RunTable, cols: List[Column], width: int) -> str:
             if limit is not None and len(cells[-1]) > limit:
                 cells[-1] = cells[-1][:max(1, limit - 1)] + "…"
             rows.append(cells)
-        return tabulate(rows, headers=[c.title for c in cols], tablefmt="simple", disable_numparse=True,
+        return tabulate(rows, headers=[c.short or c.title for c in cols], tablefmt="simple", disable_numparse=True,
                         colalign=[("right" if c.numeric else "left") for c in cols])
     text = render(None)
     limit = max(len(line.text(cols[-1].key)) for line in table.lines)
@@ -57,7 +57,7 @@ def console(table: RunTable, width: Optional[int] = None, wide: bool = False,
     """What `bench.py run` prints at the end: context, table, one-line notes, verdicts, what to run next."""
     width = width or terminal_width()
     cols = table.visible(compact=not wide)
-    parts = [f"{table.title}: {context_line(table)}", f"machine: {table.machine}", "",
+    parts = [f"{table.title}: {context_line(table)}; times in ms", f"machine: {table.machine}", "",
              _fit(table, cols, width) if not wide else markdown(table, compact=False), ""]
     parts += [_cut(n, width) for n in table.notes + list(notes or [])]
     if table.legend:

@@ -44,6 +44,7 @@ class Column:
     title: str
     compact: bool = False       # in the compact table (the README's, the console's default)
     numeric: bool = True
+    short: str = ""             # the title where width is scarce (the console)
 
 
 @dataclass
@@ -135,11 +136,11 @@ def build(run: RunData) -> RunTable:
     columns += [Column("on", "device", True, False)] if len({p["row"].device for p in pivoted}) > 1 else []
     columns += [Column("status", "status", False, False), Column("device", "device, precision", False, False),
                 Column("threads", "threads", False)]
-    columns += [Column("total", "total ms", True), Column("preprocess", "pre ms"), Column("inference", "inference ms", True),
+    columns += [Column("total", "total ms", True, short="total"), Column("preprocess", "pre ms"), Column("inference", "inference ms", True, short="infer."),
                 Column("postprocess", "post ms")]
     columns += [Column("spread", "total ms p90, p99")]
     columns += [Column("ratio", f"vs {ref} (95% CI)", True)] if has_ratio else []
-    columns += [Column("images_per_s", "images/s", True), Column("memory", "MiB", True)]
+    columns += [Column("images_per_s", "images/s", True, short="img/s"), Column("memory", "MiB", True)]
     columns += [Column(f"fp:{h}", h) for h in extra]
     columns += [Column("flags", "flags", True, False)]
     lines = []
