@@ -104,7 +104,7 @@ def next_commands(run_dir: Path) -> List[str]:
     run_dir = Path(run_dir)
     scenario = run_dir.name.split("-", 2)[-1] if run_dir.name.count("-") >= 2 else ""
     earlier = sorted(p for p in run_dir.parent.glob(f"*-{scenario}") if p != run_dir and (p / "summary.csv").is_file()
-                     and p.name < run_dir.name) if scenario else []
+                     and p.name < run_dir.name and p.name.split("-", 2)[-1] == scenario) if scenario else []
     cmds = [f"bench.py report {run_dir} --html   (tables, plots and flags in one file)"]
     if earlier:
         cmds.append(f"bench.py compare {earlier[-1]} {run_dir}   (against the previous run of {scenario})")

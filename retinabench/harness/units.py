@@ -261,7 +261,7 @@ class UnitRun:
         if add_busy:
             self.busy[row.id] += worker.busy
         self.ended[row.id] = True
-        if self.unit.processes > 1:
+        if self.unit.processes > 1 and result.status == "failed":   # unavailable: the same in every process
             result = replace(result, reason=f"process {worker.job.process + 1} of {self.unit.processes}: "
                                             f"{result.reason}")
         work = self.work_of(row.id)

@@ -336,13 +336,23 @@ def _percentiles(values: np.ndarray, estimate: float, clusters: int) -> Tuple[fl
     Student's t with K-1 degrees of freedom applies (K processes: 10 widens it by 22%)."""
     alpha = (1 - CI_LEVEL) / 2
     lo, hi = np.percentile(values[np.isfinite(values)], [100 * alpha, 100 * (1 - alpha)])
-    factor = small_sample_factor(clusters) if clusters else 1.0   # 0: already widened
+    if not clusters:   # 0: already widened
+        return float(lo), float(hi)
+    factor = small_sample_factor(clusters)
+    # widened on the log scale: times and ratios are positive, and their bounds stay so
+    if estimate > 0 and lo > 0:
+        return float(estimate * (lo / estimate) ** factor), float(estimate * (hi / estimate) ** factor)
     return float(estimate - (estimate - lo) * factor), float(estimate + (hi - estimate) * factor)
 
 
 def _widened(values: np.ndarray, estimate: float, clusters: int) -> np.ndarray:
-    """Resamples spread about the estimate by the small-sample factor: the distribution the interval is read from."""
-    return estimate + (np.asarray(values, np.float64) - estimate) * small_sample_factor(clusters)
+    """Resamples spread about the estimate by the small-sample factor (on the log scale: they stay positive):
+    the distribution the interval and the p-value are read from."""
+    v = np.asarray(values, np.float64)
+    factor = small_sample_factor(clusters)
+    if estimate > 0 and np.all(v[np.isfinite(v)] > 0):
+        return estimate * (v / estimate) ** factor
+    return estimate + (v - estimate) * factor
 
 
 def small_sample_factor(clusters: int) -> float:
