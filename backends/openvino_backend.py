@@ -68,6 +68,7 @@ NNCF_WHY_NOT = ("no NNCF release installs beside the pinned packages and runs: n
 @dataclass(frozen=True)
 class OpenVINOOptions:
     performance_hint: str = choices("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT", default="LATENCY")
+    num_streams: int = 0        # NUM_STREAMS (the threads split into streams); 0: what the hint picks
     # int8 only: the calibration images, "dlib:train" (the default) or a folder (backends/calibration.py)
     calibration: Optional[str] = None
 
@@ -104,6 +105,8 @@ class OpenVINOBackend(Backend):
                                   "PERFORMANCE_HINT": self.options.performance_hint}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        if self.options.num_streams:
+            config["NUM_STREAMS"] = int(self.options.num_streams)
         self._compiled = core.compile_model(ov_model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         # Outputs keep their ONNX tensor names, which the family decoders look up.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -23,6 +23,7 @@ MAX_SIDE = 8192
 MAX_BATCH = 1024
 MAX_LOOPS = 10_000_000
 MAX_CONFIG_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
+MAX_ROWS = 200              # rows a scenario may generate (its `max_rows`): a sweep's typo must not launch 10,000
 SCHEDULES = ("interleaved", "sequential")
 CONTENTION_LIMIT = 0.1      # cores others may use during a chunk (retinabench.harness.contention says why)
 # What one run cannot see: the machine's state that lasts longer than a run (other guests of the host
@@ -48,12 +49,53 @@ WORKER_ENV = frozenset({
 })
 
 
+LOAD_SCENARIOS = ("singlestream", "multistream", "server", "offline")
+# LoadGen TestSettings fields a `load.settings` mapping may set, under LoadGen's own names
+LOADGEN_SETTINGS = ("single_stream_expected_latency_ns", "single_stream_target_latency_percentile",
+                    "multi_stream_expected_latency_ns", "multi_stream_target_latency_percentile",
+                    "multi_stream_samples_per_query", "server_target_qps", "server_target_latency_ns",
+                    "server_target_latency_percentile", "server_coalesce_queries", "server_max_async_queries",
+                    "server_num_issue_query_threads", "offline_expected_qps", "min_duration_ms", "max_duration_ms",
+                    "min_query_count", "max_query_count", "qsl_rng_seed", "sample_index_rng_seed",
+                    "schedule_rng_seed", "performance_sample_count_override")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """A serving scenario (retinabench.harness.serving_run): MLPerf LoadGen drives each row's pipeline.
+
+    `target_qps: auto` searches the highest rate LoadGen calls VALID at the latency bound (server);
+    `settings` passes LoadGen TestSettings fields under their own names."""
+
+    scenario: str
+    latency_bound_ms: Optional[float] = None
+    percentile: Optional[float] = None      # of the latency bound (default: 99; singlestream 90)
+    min_duration_s: float = 10.0
+    max_duration_s: Optional[float] = None  # default: 2 x min + 20 s, so an overloaded test ends
+    target_qps: Any = "auto"                # server: a rate, or auto (peak search); offline: expected rate
+    samples_per_query: int = 8              # multistream: streams per query
+    fps: float = 30.0                       # the "streams at fps" column
+    in_flight: int = 1                      # CPU: requests served at once, the row's threads split between them
+    max_batch: int = 1                      # dynamic batching: the row is loaded at this batch
+    max_queue_delay_ms: float = 2.0         # ... and a request waits at most this long for the batch to fill
+    decode: bool = False                    # the system under test decodes the JPEG bytes too
+    rounds: int = 3                         # searches (or tests) per row, rows alternating
+    search_steps: int = 5                   # LoadGen runs per peak search
+    closed_loop_loops: int = 200            # the row's own closed-loop rate, measured first
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass(frozen=True)
 class Row:
-    """One measured configuration: its identity and the backend entry it came from."""
+    """One measured configuration: its identity, the backend entry it came from (with the row's swept
+    threads and options), and its input (a swept input size, or the scenario's)."""
 
     id: RowId
     backend: BackendSpec
+    input: Optional[InputSpec] = None
 
     @property
     def key(self) -> str:
@@ -97,17 +139,45 @@ class Scenario:
     contention_limit: Optional[float] = CONTENTION_LIMIT
     contention_retries: Optional[int] = None   # chunks per row measured again (default: as many as it plans)
     run_spread: float = RUN_SPREAD   # relative SD between runs, added to ratio intervals (RUN_SPREAD says why)
+    load: Optional[LoadSpec] = None  # a serving scenario (MLPerf LoadGen) instead of the latency tables
+    # A sweep: row configurations generated from lists of values (threads, input sizes, backend options);
+    # a backend entry's own `sweep` adds to and overrides it. Swept values are part of a row's identity.
+    sweep: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)
+    oversubscribe: bool = False      # allow thread counts above the machine's cores
+    max_rows: int = MAX_ROWS         # refuse a scenario that would generate more rows (a typo's 10,000 rows)
     source: str = ""
 
     def rows(self) -> List[Row]:
-        """Every backend entry at every batch size, each batch with the smallest max batch that holds it."""
+        """Every backend entry at every point of its sweep and every batch size, each batch with the smallest
+        max batch that holds it; a serving scenario's rows are loaded at its dynamic batch (`load.max_batch`)."""
         rows = []
+        batches = (self.load.max_batch,) if self.load is not None else self.batches
         for b in self.backends:
-            for n in self.batches:
-                fitting = [m for m in self.max_batch if m >= n]
-                rid = RowId(b.name, b.variant, b.device, self.input.label, n, min(fitting) if fitting else n)
-                rows.append(Row(rid, b))
+            for point in sweep_points({**self.sweep, **b.sweep}):
+                spec, inp, threads, options = self._apply(b, point)
+                for n in batches:
+                    fitting = [m for m in self.max_batch if m >= n]
+                    rid = RowId(b.name, b.variant, b.device, inp.label, n, min(fitting) if fitting else n,
+                                threads, options)
+                    rows.append(Row(rid, spec, inp))
         return rows
+
+    def _apply(self, b: BackendSpec, point: Dict[str, Any]) -> Tuple[BackendSpec, InputSpec, int, str]:
+        """A backend entry at one sweep point: its spec, input, and the identity's swept threads and options."""
+        threads = int(point["threads"]) if "threads" in point else 0
+        inp = point["input"] if "input" in point else self.input
+        swept = {k[len("options."):]: v for k, v in point.items() if k.startswith("options.")}
+        spec = b
+        if threads or swept or b.sweep:
+            spec = replace(b, threads=threads or b.threads, options={**b.options, **swept}, sweep={},
+                           pin=bool(threads) or b.pin)
+        options = "+".join(f"{k}={_safe(v)}" for k, v in sorted(swept.items()))
+        return spec, inp, threads, options
+
+    @property
+    def inputs(self) -> List[InputSpec]:
+        """Every input size the scenario's rows use, in first-use order."""
+        return list(dict.fromkeys(r.input for r in self.rows() if r.input is not None))
 
     @classmethod
     def field_defaults(cls) -> Dict[str, Any]:
@@ -122,14 +192,23 @@ class Scenario:
                  max_batch=list(self.max_batch))
         if self.contention_limit is None:
             d["contention_limit"] = "off"
+        if self.load is not None:
+            d["load"] = self.load.to_json()
+        else:
+            d.pop("load", None)
+        if self.sweep:
+            d["sweep"] = {k: [v.label if isinstance(v, InputSpec) else v for v in vals] for k, vals in self.sweep.items()}
+        else:
+            d.pop("sweep", None)
         return d
 
 
 _FIELDS = {"name", "model", "images", "input", "backends", "batches", "max_batch", "loops", "warmup",
            "threshold", "family", "reference", "results_dir", "threads", "device", "row_timeout_s",
            "schedule", "round_loops", "rewarm_loops", "seed", "max_live_workers", "executor", "scheduler",
-           "processes", "contention_limit", "contention_retries", "run_spread"}
-_BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env"}
+           "processes", "contention_limit", "contention_retries", "run_spread", "load", "sweep", "oversubscribe",
+           "max_rows"}
+_BACKEND_FIELDS = {"name", "variant", "threads", "device", "options", "env", "sweep"}
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -246,7 +325,7 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
         if "\0" in v or len(v) > 256:
             raise ConfigError(f"{where}.env.{_key(k)}: value must be a short string without NUL")
     t = value.get("threads", threads)
-    return BackendSpec(
+    spec = BackendSpec(
         name=name,
         variant=variant,
         threads=None if t is None else _int(f"{where}.threads", t, 1, 1024),
@@ -254,6 +333,82 @@ def _backend(where: str, value: Any, threads: Optional[int], device: str) -> Bac
         options=options,
         env=env,
     )
+    if value.get("sweep") is not None:
+        spec = replace(spec, sweep={k: list(v) for k, v in _sweep(f"{where}.sweep", value["sweep"], [spec]).items()})
+    return spec
+
+
+SWEEP_KEYS = ("threads", "input")     # and options.NAME for a NAME of the backend's options
+
+
+def sweep_points(sweep: Dict[str, Sequence[Any]]) -> List[Dict[str, Any]]:
+    """Every combination of the swept values ([{}] without a sweep), keys in sorted order."""
+    points: List[Dict[str, Any]] = [{}]
+    for key in sorted(sweep):
+        points = [{**p, key: v} for p in points for v in sweep[key]]
+    return points
+
+
+def _safe(value: Any) -> str:
+    """A swept option's value as it appears in a row's key (letters, digits, '_' and '.')."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", str(value))
+
+
+def _sweep(where: str, value: Any, backends: Sequence[Any] = ()) -> Dict[str, Tuple[Any, ...]]:
+    """A `sweep:` mapping validated: non-empty lists, known keys (threads, input, options.NAME of every
+    backend it applies to, naming a backend's known options where one lacks it), fit sizes checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: expected a mapping of lists, e.g. {{threads: [1, 2], input: [320x416, 640x480]}}")
+    out: Dict[str, Tuple[Any, ...]] = {}
+    for key, vals in value.items():
+        if not isinstance(key, str) or not (key in SWEEP_KEYS or key.startswith("options.")):
+            raise ConfigError(f"{where}.{_key(key)}: not a key a sweep takes (known: threads, input, options.NAME)")
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"{where}.{key}: expected a non-empty list of values")
+        if len(set(map(str, vals))) != len(vals):
+            raise ConfigError(f"{where}.{key}: {vals} lists a value twice")
+        if key == "threads":
+            out[key] = tuple(_int(f"{where}.threads[{i}]", v, 1, 1024) for i, v in enumerate(vals))
+        elif key == "input":
+            out[key] = tuple(_swept_input(f"{where}.input[{i}]", v) for i, v in enumerate(vals))
+        else:
+            name = key[len("options."):]
+            for b in backends:
+                cls = backend_class(b.name)
+                known = [f.name for f in fields(cls.Options)]
+                if name not in known:
+                    raise ConfigError(f"{where}.{key}: backend {b.name!r} takes no option {name!r} "
+                                      f"(known: {', '.join(known) or 'none'})")
+                for v in vals:
+                    if not isinstance(v, _SCALARS):
+                        raise ConfigError(f"{where}.{key}: expected strings, numbers or booleans, got {v!r}")
+                    cls.parse_options({**b.options, name: v}, f"{where}.{key} (backend {b.name!r})")
+            out[key] = tuple(vals)
+    return out
+
+
+def _swept_input(where: str, value: Any) -> InputSpec:
+    """'640x480' (fit mode) or a mapping as `input:`; sizes not a multiple of 32 are refused, saying why."""
+    if isinstance(value, dict):
+        return _input(where, value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected WIDTHxHEIGHT, e.g. 640x480")
+    w, h = parse_size(value, where)
+    for k, v, up in (("width", w, -(-w // 32) * 32), ("height", h, -(-h // 32) * 32)):
+        if v % 32:
+            raise ConfigError(f"{where}: {value}'s {k} {v} is not a multiple of 32, which both families' strided "
+                              f"networks need; fit mode pads the image into the input, not the input: use {up} "
+                              f"(e.g. {value.replace(str(v), str(up), 1)})")
+    return _input(where, {"mode": "fit", "width": w, "height": h})
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _device(where: str, value: Any) -> str:
@@ -287,10 +442,92 @@ def _scheduler(value: Any) -> Optional[str]:
     return value.strip()
 
 
+def _number(where: str, value: Any, lo: float, hi: float, open_lo: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if value < lo or value > hi or (open_lo and value <= lo):
+        raise ConfigError(f"{where}: {value} is out of range ({'>' if open_lo else '>='} {lo:g}, <= {hi:g})")
+    return float(value)
+
+
+def _load(value: Any) -> Optional[LoadSpec]:
+    """The `load:` section: every field checked, LoadGen's own settings by their names (one line each)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("load: expected a mapping, e.g. {scenario: server, latency_bound_ms: 100}")
+    known = {f.name for f in fields(LoadSpec)}
+    unknown = _unknown(value, known)
+    if unknown:
+        raise ConfigError(f"load.{unknown}: unknown field (known: {', '.join(sorted(known))})")
+    kind = _choice("load.scenario", value.get("scenario"), LOAD_SCENARIOS)
+    bound = value.get("latency_bound_ms")
+    if kind == "server" and bound is None:
+        raise ConfigError("load.latency_bound_ms: required for the server scenario (the bound a rate must meet)")
+    qps = value.get("target_qps", "auto")
+    if qps != "auto":
+        qps = _number("load.target_qps", qps, 0.0, 1e7, open_lo=True)
+    raw = value.get("settings") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("load.settings: expected a mapping of LoadGen TestSettings fields")
+    for k, v in raw.items():
+        if k not in LOADGEN_SETTINGS:
+            raise ConfigError(f"load.settings.{_key(k)}: not a LoadGen TestSettings field here "
+                              f"(known: {', '.join(LOADGEN_SETTINGS)})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not (isinstance(v, bool) and k in ("server_coalesce_queries",)):
+                raise ConfigError(f"load.settings.{k}: expected a number, got {v!r}")
+    decode = value.get("decode", False)
+    if not isinstance(decode, bool):
+        raise ConfigError(f"load.decode: expected true or false, got {decode!r}")
+    return LoadSpec(
+        scenario=kind,
+        latency_bound_ms=None if bound is None else _number("load.latency_bound_ms", bound, 0.0, 1e6, open_lo=True),
+        percentile=None if value.get("percentile") is None else _number("load.percentile", value["percentile"], 0.0,
+                                                                        100.0, open_lo=True),
+        min_duration_s=_number("load.min_duration_s", value.get("min_duration_s", 10.0), 0.0, 86400.0, open_lo=True),
+        max_duration_s=None if value.get("max_duration_s") is None else
+        _number("load.max_duration_s", value["max_duration_s"], 0.0, 86400.0, open_lo=True),
+        target_qps=qps,
+        samples_per_query=_int("load.samples_per_query", value.get("samples_per_query", 8), 1, 4096),
+        fps=_number("load.fps", value.get("fps", 30.0), 0.0, 10000.0, open_lo=True),
+        in_flight=_int("load.in_flight", value.get("in_flight", 1), 1, 256),
+        max_batch=_int("load.max_batch", value.get("max_batch", 1), 1, MAX_BATCH),
+        max_queue_delay_ms=_number("load.max_queue_delay_ms", value.get("max_queue_delay_ms", 2.0), 0.0, 60000.0),
+        decode=decode,
+        rounds=_int("load.rounds", value.get("rounds", 3), 1, 100),
+        search_steps=_int("load.search_steps", value.get("search_steps", 5), 1, 30),
+        closed_loop_loops=_int("load.closed_loop_loops", value.get("closed_loop_loops", 200), 10, MAX_LOOPS),
+        settings=dict(raw))
+
+
 def _fraction(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5 or value != value:
         raise ConfigError(f"{where}: expected a relative standard deviation in [0, 0.5] (e.g. 0.015), got {value!r}")
     return float(value)
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def check_sweep(scenario: "Scenario") -> None:
+    """What a sweep may not do, before any row runs: more rows than `max_rows`, threads beyond the cores."""
+    if not scenario.sweep and not any(b.sweep for b in scenario.backends):
+        return
+    count = len(scenario.rows())
+    if count > scenario.max_rows:
+        raise ConfigError(f"sweep: {count} rows, more than max_rows={scenario.max_rows} (a typo? raise max_rows "
+                          "if you mean it)")
+    cores = usable_cores()
+    asked = sorted({int(t) for sw in [scenario.sweep] + [b.sweep for b in scenario.backends]
+                    for t in sw.get("threads", ())})
+    over = [t for t in asked if t > cores]
+    if over and not scenario.oversubscribe:
+        raise ConfigError(f"sweep.threads: {', '.join(map(str, over))} above this machine's {cores} cores "
+                          "(oversubscribe: true measures them anyway)")
 
 
 def _contention_limit(value: Any) -> Optional[float]:
@@ -311,8 +548,9 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
     unknown = _unknown(data, _FIELDS)
     if unknown:
         raise ConfigError(f"{source}: unknown field {unknown} (known: {', '.join(sorted(_FIELDS))})")
+    swept_input = isinstance(data.get("sweep"), dict) and "input" in data["sweep"]
     for k in ("model", "input", "backends"):
-        if k not in data:
+        if k not in data and not (k == "input" and swept_input):
             raise ConfigError(f"{source}: missing required field {k!r}")
     threads = data.get("threads")
     if threads is not None:
@@ -344,7 +582,7 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         name=_str("name", data.get("name", Path(source).stem)),
         model=_str("model", data["model"]),
         images=tuple(_str(f"images[{i}]", v) for i, v in enumerate(images)),
-        input=_input("input", data["input"]),
+        input=_input("input", data["input"]) if "input" in data else _swept_input("sweep.input[0]", data["sweep"]["input"][0]),
         backends=specs,
         batches=_int_list("batches", data.get("batches", [1]), 1, MAX_BATCH),
         max_batch=_int_list("max_batch", data["max_batch"], 1, MAX_BATCH) if "max_batch" in data else (),
@@ -367,6 +605,10 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
         contention_limit=_contention_limit(data.get("contention_limit", CONTENTION_LIMIT)),
         contention_retries=_optional_int(data, "contention_retries", 0, MAX_LOOPS),
         run_spread=_fraction("run_spread", data.get("run_spread", RUN_SPREAD)),
+        load=_load(data.get("load")),
+        sweep=_sweep("sweep", data.get("sweep"), specs),
+        oversubscribe=_bool("oversubscribe", data.get("oversubscribe", False)),
+        max_rows=_int("max_rows", data.get("max_rows", MAX_ROWS), 1, 100000),
         source=source,
     )
     if scenario.scheduler is not None and scenario.executor != "dask":
@@ -377,6 +619,7 @@ def scenario_from_dict(data: Any, source: str = "<config>") -> Scenario:
             if b.device.startswith("cuda:") and b.device != "cuda:0":
                 raise ConfigError(f"backends[{i}].device: {b.device} with executor dask: a GPU row runs on the GPU "
                                   "its Dask worker holds (use cuda; pick GPUs by starting workers on them)")
+    check_sweep(scenario)
     keys: Dict[str, RowId] = {}
     for row in scenario.rows():  # keys name files: two identities must never share one
         if keys.setdefault(row.key, row.id) != row.id:

@@ -45,6 +45,7 @@ class ExitCode(enum.IntEnum):
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+]*(?:-[A-Za-z0-9.+]+)*$")
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d{1,4}))?$")
+_OPTIONS = re.compile(r"^[A-Za-z0-9_]+=[A-Za-z0-9_.]+(?:\+[A-Za-z0-9_]+=[A-Za-z0-9_.]+)*$")
 
 
 def check_device(device: str) -> str:
@@ -74,6 +75,10 @@ class RowId:
     input: str = "native"
     batch: int = 1
     max_batch: int = 1
+    # Swept values (a scenario's `sweep`): part of the identity only where swept, so rows of scenarios
+    # without sweeps keep their identities and keys. 0 / "": not swept.
+    threads: int = 0
+    options: str = ""                 # swept backend options, "name=value+name=value", path-safe
 
     def __post_init__(self) -> None:
         for name in ("backend", "variant", "input"):
@@ -85,6 +90,10 @@ class RowId:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"row {name} {value!r}: expected a positive integer")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError(f"row threads {self.threads!r}: expected a non-negative integer")
+        if self.options and not _OPTIONS.match(self.options):
+            raise ValueError(f"row options {self.options!r}: expected name=value pairs joined by '+'")
         if self.max_batch < self.batch:
             raise ValueError(f"row max_batch {self.max_batch} is below its batch {self.batch}")
 
@@ -92,7 +101,9 @@ class RowId:
     def key(self) -> str:
         """Path-safe and unique per identity: the name of the row's files in a run folder."""
         device = self.device.replace(":", "")
-        return f"{self.backend}-{self.variant}-{device}-{self.input}-b{self.batch}-m{self.max_batch}"
+        key = f"{self.backend}-{self.variant}-{device}-{self.input}-b{self.batch}-m{self.max_batch}"
+        return key + (f"-t{self.threads}" if self.threads else "") + (f"-{self.options.replace('=', '.')}"
+                                                                      if self.options else "")
 
     @property
     def name(self) -> str:
@@ -104,13 +115,25 @@ class RowId:
         text = self.name + (f" b{self.batch}" if batch else "")
         return text + (f" on {self.device}" if device else "")
 
+    @property
+    def swept(self) -> str:
+        """What a sweep set for this row ('2 threads, graph_optimization_level=ORT_ENABLE_BASIC'); '' if nothing."""
+        parts = [f"{self.threads} thread{'s' if self.threads != 1 else ''}"] if self.threads else []
+        return ", ".join(parts + (self.options.split("+") if self.options else []))
+
     def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.threads:      # rows without sweeps are written as they always were
+            d.pop("threads")
+        if not self.options:
+            d.pop("options")
+        return d
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "RowId":
         return cls(str(data["backend"]), str(data.get("variant", "default")), str(data.get("device", "cpu")),
-                   str(data.get("input", "native")), int(data.get("batch", 1)), int(data.get("max_batch", 1)))
+                   str(data.get("input", "native")), int(data.get("batch", 1)), int(data.get("max_batch", 1)),
+                   int(data.get("threads") or 0), str(data.get("options") or ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,16 +173,24 @@ class BackendSpec:
     device: str = "cpu"
     options: Dict[str, Any] = field(default_factory=dict)   # validated against the backend's Options
     env: Dict[str, str] = field(default_factory=dict)       # worker environment (config.WORKER_ENV only)
+    sweep: Dict[str, List[Any]] = field(default_factory=dict)   # this entry's own sweep (retinabench.config)
+    pin: bool = False                   # pin the worker to `threads` cores (a threads sweep does)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"name": self.name, "variant": self.variant, "threads": self.threads, "device": self.device,
-                "options": dict(self.options), "env": dict(self.env)}
+        d = {"name": self.name, "variant": self.variant, "threads": self.threads, "device": self.device,
+             "options": dict(self.options), "env": dict(self.env)}
+        if self.sweep:
+            d["sweep"] = {k: list(v) for k, v in self.sweep.items()}
+        if self.pin:
+            d["pin"] = True
+        return d
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "BackendSpec":
         threads = data.get("threads")
         return cls(str(data["name"]), str(data.get("variant", "default")), None if threads is None else int(threads),
-                   str(data.get("device", "cpu")), dict(data.get("options") or {}), dict(data.get("env") or {}))
+                   str(data.get("device", "cpu")), dict(data.get("options") or {}), dict(data.get("env") or {}),
+                   {str(k): list(v) for k, v in (data.get("sweep") or {}).items()}, bool(data.get("pin", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +383,7 @@ class WorkerResult:
 # The control channel: parent -> worker commands, worker -> parent events, one JSON line each
 # ---------------------------------------------------------------------------------------------
 
-COMMANDS = ("measure", "finish", "detect")
+COMMANDS = ("measure", "finish", "detect", "serve")
 EVENTS = ("ready", "progress", "done", "finished")
 
 
@@ -378,7 +409,8 @@ class Command(_Message):
     """`measure`: run `warmup` loops (kept as the row's warmup), then `rewarm` loops (recorded apart,
     excluded), then `loops` measured loops tagged with `round`. `finish`: write the row's files and exit.
     `detect`: untimed, run the row's pipeline on each of `images` and write every face scoring at least
-    `threshold` to the JSON file `out` (an accuracy run: retinabench.harness.accuracy)."""
+    `threshold` to the JSON file `out` (an accuracy run: retinabench.harness.accuracy). `serve`: one
+    MLPerf LoadGen test of the row's pipeline with `settings`, its logs and result.json into `out`."""
 
     KINDS: ClassVar[Tuple[str, ...]] = COMMANDS
     kind: str
@@ -390,6 +422,7 @@ class Command(_Message):
     images: List[str] = field(default_factory=list)
     threshold: float = 0.0
     out: str = ""
+    settings: Dict[str, Any] = field(default_factory=dict)   # `serve`: the test (retinabench.harness.serving)
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,28 @@ def mxnet_native(mnet25, t1_image):
         outs = be.infer(blob)
         names = list(be.output_names)
     return {"blob": blob, "metas": metas, "outputs": outs, "names": names}
+
+
+@pytest.fixture(scope="session")
+def reference_native(mnet25, t1_image):
+    """The raw outputs and blob for t1.jpg in native mode from a reference that runs wherever the test does:
+    MXNet where it imports (every CPU machine), else ONNX Runtime on the CPU (the GPU machine has no MXNet),
+    which agrees with MXNet to float32 rounding (tests/test_onnx_backends.py holds it to that). Tests of
+    device stages need reference outputs, not MXNet's in particular: with this they run on the GPU machine."""
+    from backends.base import create_backend
+    from retinabench.model.family import get_family
+    from retinabench.model.preprocess import Preprocessor
+
+    pre = Preprocessor(get_family("insightface").normalization, "native")
+    blob, metas = pre([t1_image])
+    blob = blob.copy()
+    try:
+        import mxnet  # noqa: F401
+        name = "mxnet"
+    except ImportError:
+        name = "onnxruntime"
+    with create_backend(name, threads=THREADS) as be:
+        be.load(mnet25, 1, blob.shape[2], blob.shape[3])
+        outs = be.infer(blob)
+        names = list(be.output_names)
+    return {"blob": blob, "metas": metas, "outputs": outs, "names": names, "reference": name}

@@ -109,12 +109,12 @@ def test_build_device_stages_runs_one_untimed_pass():
     assert cudamod._UNTIMED == 0
 
 
-def test_build_device_stages_builds_the_cpu_stages_and_reports_their_build(mxnet_native, t1_image):
+def test_build_device_stages_builds_the_cpu_stages_and_reports_their_build(reference_native, t1_image):
     with create_backend("torch", variant="pipe", device="cuda") as be:
-        be.device_input = torch.zeros(mxnet_native["blob"].shape)
+        be.device_input = torch.zeros(reference_native["blob"].shape)
         pre = be.device_preprocess(FAMILY, "native", None)
-        post = be.device_postprocess(FAMILY, mxnet_native["names"], 0.8)
-        outputs = {k: torch.from_numpy(v) for k, v in mxnet_native["outputs"].items()}
+        post = be.device_postprocess(FAMILY, reference_native["names"], 0.8)
+        outputs = {k: torch.from_numpy(v) for k, v in reference_native["outputs"].items()}
         build_device_stages(pre, lambda blob: outputs, post, [t1_image])
         extras = be.settings().extras
         assert extras["preprocess_build_s"] >= 0.0 and extras["postprocess_build_s"] > 0.0

@@ -452,21 +452,21 @@ class _FakeTimer:
         self.label, self.times_ms = label, list(times)
 
 
-def _pipeline(cls, variant, mxnet_native, t1_image):
+def _pipeline(cls, variant, reference_native, t1_image):
     """The backend's device stages built on CPU tensors (no CUDA here), as the worker builds them."""
     be = cls(variant=variant, device="cuda")
-    be.device_input = torch.zeros(mxnet_native["blob"].shape, dtype=torch.float32)
+    be.device_input = torch.zeros(reference_native["blob"].shape, dtype=torch.float32)
     pre = be.device_preprocess(FAMILY, "native", None)
-    post = be.device_postprocess(FAMILY, mxnet_native["names"], 0.8)
-    outputs = {k: torch.from_numpy(v) for k, v in mxnet_native["outputs"].items()}
+    post = be.device_postprocess(FAMILY, reference_native["names"], 0.8)
+    outputs = {k: torch.from_numpy(v) for k, v in reference_native["outputs"].items()}
     seconds = build_device_stages(pre, lambda blob: outputs, post, [t1_image])
     assert seconds > 0 and len(pre._plans) == 1 and post._built
     return be
 
 
-def test_fp16_pipe_has_the_settings_of_torch_pipe(mxnet_native, t1_image):
-    torch_be = _pipeline(TorchBackend, "pipe", mxnet_native, t1_image)
-    trt_be = _pipeline(TensorRTBackend, "fp16-pipe", mxnet_native, t1_image)
+def test_fp16_pipe_has_the_settings_of_torch_pipe(reference_native, t1_image):
+    torch_be = _pipeline(TorchBackend, "pipe", reference_native, t1_image)
+    trt_be = _pipeline(TensorRTBackend, "fp16-pipe", reference_native, t1_image)
     a, b = torch_be.settings(), trt_be.settings()
     assert (a.precision, a.device_stages) == (b.precision, b.device_stages) == ("f16", True)
     shared = set(torch_be.device_stage_settings())
@@ -480,10 +480,10 @@ def test_fp16_pipe_has_the_settings_of_torch_pipe(mxnet_native, t1_image):
     assert a.extras["preprocess_compile_s"] == b.extras["preprocess_compile_s"] == 0.0
 
 
-def test_fp16_pipe_has_the_metrics_of_torch_pipe(mxnet_native, t1_image):
+def test_fp16_pipe_has_the_metrics_of_torch_pipe(reference_native, t1_image):
     got = []
-    for be in (_pipeline(TorchBackend, "pipe", mxnet_native, t1_image),
-               _pipeline(TensorRTBackend, "fp16-pipe", mxnet_native, t1_image)):
+    for be in (_pipeline(TorchBackend, "pipe", reference_native, t1_image),
+               _pipeline(TensorRTBackend, "fp16-pipe", reference_native, t1_image)):
         # On CPU the stages keep no CUDA timers: give both backends the timers a GPU run would have.
         be._timer = _FakeTimer(NETWORK_TIMER, [1.0, 2.0])
         be._pre.timer = _FakeTimer(PREPROCESS_TIMER, [0.5, 0.5])

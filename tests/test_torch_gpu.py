@@ -72,8 +72,8 @@ def _assert_same_faces(ref, got):
     assert_close(got.landmarks, ref.landmarks, LANDMARK_CHAIN, "landmarks")
 
 
-def test_device_decode_matches_numpy_decoder(mxnet_native):
-    names, outs, metas = mxnet_native["names"], mxnet_native["outputs"], mxnet_native["metas"]
+def test_device_decode_matches_numpy_decoder(reference_native):
+    names, outs, metas = reference_native["names"], reference_native["outputs"], reference_native["metas"]
     ref_dec, dev_dec = _decoders(names)
     ref = ref_dec(outs, metas)
     got = dev_dec({k: torch.from_numpy(v) for k, v in outs.items()}, metas)
@@ -82,9 +82,9 @@ def test_device_decode_matches_numpy_decoder(mxnet_native):
     assert dev_dec.fallbacks == 0
 
 
-def test_device_decode_per_image_bounds_and_scale(mxnet_native):
+def test_device_decode_per_image_bounds_and_scale(reference_native):
     """Two images in one batch with different content sizes and scales: clipping and rescaling per image."""
-    names, outs, metas = mxnet_native["names"], mxnet_native["outputs"], mxnet_native["metas"]
+    names, outs, metas = reference_native["names"], reference_native["outputs"], reference_native["metas"]
     outs2 = {k: np.concatenate([v, v]) for k, v in outs.items()}
     m = metas[0]
     metas2 = [replace(m, content_width=900, content_height=700, scale=0.5), m]
@@ -97,8 +97,8 @@ def test_device_decode_per_image_bounds_and_scale(mxnet_native):
 
 
 @pytest.mark.parametrize("cfg", [{"candidates": 8}, {"nms_iterations": 1}, {"max_faces": 3}])
-def test_flagged_images_fall_back_to_the_numpy_decoder(mxnet_native, cfg):
-    names, outs, metas = mxnet_native["names"], mxnet_native["outputs"], mxnet_native["metas"]
+def test_flagged_images_fall_back_to_the_numpy_decoder(reference_native, cfg):
+    names, outs, metas = reference_native["names"], reference_native["outputs"], reference_native["metas"]
     ref_dec, dev_dec = _decoders(names, **cfg)
     got = dev_dec({k: torch.from_numpy(v) for k, v in outs.items()}, metas)
     assert dev_dec.fallbacks == 1

@@ -9,6 +9,7 @@
     python bench.py accuracy --config X.yaml --dataset dlib:test [--dataset dlib:test@0.5] [--max-ap-drop POINTS]
     python bench.py report RESULTS_DIR [--readme README.md] [--html [FILE]]
     python bench.py compare RUN_A RUN_B [--fail-if-slower PCT]
+    python bench.py best RUN [--max-p99 MS] [--max-mib MIB] [--throughput]
     python bench.py env
     python bench.py --version
 
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any, List, NoReturn, Optional, Sequence
 
 # Each module registers its subcommand on import.
-from retinabench.cli import accuracy, compare, convert, detect, env, report, run  # noqa: F401
+from retinabench.cli import accuracy, best, compare, convert, detect, env, report, run  # noqa: F401
 from retinabench.cli.registry import COMMANDS
 from retinabench.errors import BenchError
 from retinabench.records import ExitCode
 
-ORDER = ("run", "detect", "accuracy", "convert", "report", "compare", "env")
+ORDER = ("run", "detect", "accuracy", "convert", "report", "compare", "best", "env")
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 

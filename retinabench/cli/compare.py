@@ -19,6 +19,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     a, b = load_run(Path(args.run_a)), load_run(Path(args.run_b))
     c = compare_runs(a, b)
     print(comparison_text(c))
+    from retinabench.report.serving_report import compare_serving, is_serving
+    if is_serving(a.path) and is_serving(b.path):
+        print(compare_serving(a.path, b.path))
     if c.rows:
         print(summarise_verdicts(c))
     if args.fail_if_slower is None:

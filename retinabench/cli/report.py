@@ -51,8 +51,12 @@ def _report_special(folder: Path, args: argparse.Namespace) -> "int | None":
     from retinabench.report.markers import update_file
 
     base = Path(args.readme).parent if args.readme else Path.cwd()
+    from retinabench.report.serving_report import is_serving, serving_section
     if is_coverage(folder):
         name, body = marker(folder), coverage_section(folder, base)
+    elif is_serving(folder):
+        scenario = json.loads((folder / "run.json").read_text()).get("scenario", folder.name)
+        name, body = f"serving-{scenario}", serving_section(folder, base)
     elif (folder / "run.json").is_file() and json.loads((folder / "run.json").read_text()).get("kind") == "accuracy":
         if not (folder / "accuracy_ap.csv").is_file():
             from retinabench.errors import BenchError

@@ -56,8 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     warnings = thread_warnings(scenario)
     for line in notes + [f"warning: {w}" for w in warnings]:
         print(line, file=sys.stderr)
-    print(f"scenario {scenario.name}: model {model}, {len(images)} image(s), input {scenario.input.label}, "
+    print(f"scenario {scenario.name}: model {model}, {len(images)} image(s), input "
+          f"{', '.join(i.label for i in scenario.inputs) or scenario.input.label}, "
           f"{len(scenario.rows())} row(s) x {scenario.loops} loops (+{scenario.warmup} warmup)", file=sys.stderr)
+    if scenario.load is not None:
+        return serve_scenario(scenario, model, images, results_root)
     outcome = run_scenario(scenario, model, images, results_root, summarise_run,
                            resume=Path(args.resume) if args.resume else None,
                            progress_factory=ProgressBar,
@@ -81,6 +84,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.status == "incomplete":
         print(f"run interrupted; finish it with: {resume_command(args, outcome.run_dir)}", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
+
+
+def serve_scenario(scenario: Any, model: Path, images: List[Path], results_root: Path) -> int:
+    """A scenario with a `load:` section: its rows under MLPerf LoadGen (retinabench.harness.serving_run)."""
+    from retinabench.harness.serving_run import run_serving
+    from retinabench.report.serving_report import read_lines, serving_reports, serving_table
+    load = scenario.load
+    print(f"serving: LoadGen {load.scenario}, {len(scenario.rows())} row(s), {load.rounds} round(s)", file=sys.stderr)
+    outcome = run_serving(scenario, model, images, results_root, serving_reports)
+    if (outcome.run_dir / "serving.csv").is_file():
+        print(serving_table(read_lines(outcome.run_dir)))
+    print(f"results: {outcome.run_dir} ({outcome.status})")
+    print(f"next: bench.py report {outcome.run_dir}   (the README section; LoadGen's logs are under loadgen/)")
     return ExitCode.PARTIAL if outcome.status == "partial" else ExitCode.OK
 
 

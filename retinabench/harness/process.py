@@ -146,6 +146,23 @@ class WorkerProcess:
         finally:
             self.busy.append([t0, time.time()])
 
+    def serve(self, settings: Dict[str, Any], out: Path, limit_s: float) -> Optional[WorkerResult]:
+        """One LoadGen test in the worker (retinabench.harness.serving): None when its result.json is written,
+        else how the row ended. `limit_s` bounds this wait (a test never outlives its max duration by much)."""
+        if self.result is not None:
+            return self.result
+        t0 = time.time()
+        saved = self._budget
+        self._budget = limit_s if self._budget is None else min(self._budget, limit_s) + 0.0
+        try:
+            if not self._send(Command("serve", out=str(out), settings=dict(settings))):
+                return self._ended()
+            return self._until("done")
+        finally:
+            spent = time.time() - t0
+            self._budget = None if saved is None else max(0.0, saved - spent)
+            self.busy.append([t0, time.time()])
+
     def finish(self) -> WorkerResult:
         """Ask the worker to write its files and end; its result (or how it ended)."""
         if self.result is None:

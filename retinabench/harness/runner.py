@@ -87,7 +87,8 @@ class _StopSignals:
 
 def make_job(scenario: Scenario, row: Row, model: Path, images: List[Path], save_outputs: bool = True) -> Job:
     return Job(row=row.id, backend=row.backend, model=str(model), images=tuple(str(p) for p in images),
-               input=scenario.input, loops=scenario.loops, warmup=scenario.warmup, threshold=scenario.threshold,
+               input=row.input or scenario.input, loops=scenario.loops, warmup=scenario.warmup,
+               threshold=scenario.threshold,
                family=scenario.family, save_outputs=save_outputs, parent_pid=os.getpid(),
                memory_limit_bytes=worker_memory_limit(), timeout_s=scenario.row_timeout_s)
 

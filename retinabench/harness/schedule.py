@@ -9,8 +9,8 @@ round (retinabench.report.stats pairs them). Each chunk after the first starts w
 `rewarm_loops` loops that are recorded and excluded: caches and clocks settle after the other
 rows ran.
 
-Groups: rows of one batch size interleave together (a table's columns stay comparable), at most
-`max_live_workers` loaded at once.
+Groups: rows of one input size and batch size interleave together (a table's columns stay
+comparable; a sweep over sizes runs one group per size), at most `max_live_workers` loaded at once.
 
 Processes (after pyperf): each row is measured by `processes` worker processes in turn, process k
 taking a contiguous block of the rounds (`process_blocks`), loaded at the block's start and
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -94,8 +94,9 @@ def process_blocks(rounds: int, processes: int) -> List[int]:
 
 
 def groups(items: Sequence[T], batch_of, max_live: Optional[int]) -> List[List[T]]:
-    """Items of one batch together (in the order each batch first appears), split to at most `max_live`."""
-    by_batch: Dict[int, List[T]] = {}
+    """Items of one batch (or one input size and batch: whatever `batch_of` gives) together, in the order each
+    first appears, split to at most `max_live`."""
+    by_batch: Dict[Any, List[T]] = {}
     for it in items:
         by_batch.setdefault(batch_of(it), []).append(it)
     out: List[List[T]] = []

@@ -103,7 +103,7 @@ def plan_units(rows: List[Row], scenario: Scenario, schedule: Schedule, session:
                               contention_retries=_retries(scenario, len(chunks))))
         return units
     chunks = tuple(schedule.rounds(scenario.loops))
-    found = groups(rows, lambda r: r.id.batch, schedule.max_live_workers)
+    found = groups(rows, lambda r: (r.id.input, r.id.batch), schedule.max_live_workers)   # one size and batch
     if split_devices:
         found = [part for g in found for part in _by_device(g)]
     units = []

@@ -169,10 +169,12 @@ class RowSession:
         samples = loop.run(cmd.loops, lambda d, _: progress(cmd.warmup + cmd.rewarm + d, total))
         end = time.time()
         load = self.load.end()
+        if len(samples):   # the chunk's median total: a serving run starts its search from it
+            load["median_total_ms"] = round(float(np.median(samples[:, 3])) / 1e6, 6)
         self.windows.append([cmd.round, start, end])
         if self.monitor is not None:
             self.monitor.end_window()
-            load.update(self.monitor.others(start))
+            load.update(self.monitor.others(start, self._harness_pids()))
         self.chunks.append(samples)
         self.rounds.append(cmd.round)
         self.rewarm.append(rewarm)
@@ -206,6 +208,81 @@ class RowSession:
             found[path] = faces.to_json()["faces"]
         atomic_write(Path(cmd.out), json.dumps(found))
 
+    def serve(self, cmd: Command) -> None:
+        """One LoadGen test of this row's pipeline (retinabench.harness.serving), untimed by us: LoadGen
+        keeps the clock. Its logs and what they say go to `cmd.out`."""
+        import json
+        from retinabench.harness import serving
+        from retinabench.store import atomic_write
+        st = dict(cmd.settings)
+        out = Path(cmd.out)
+        in_flight = int(st.get("in_flight", 1))
+        steppers, split = self._steppers(in_flight)
+        decode = None
+        if st.get("decode"):
+            import cv2
+            import numpy as np
+            samples = [Path(p).read_bytes() for p in self.job.images]
+            decode = lambda raw: cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)  # noqa: E731
+        else:
+            samples = _load_images(list(self.job.images))
+        result = serving.run_test(steppers, self.job.row.batch, samples, st["kind"], dict(st.get("fields") or {}),
+                                  out, self.job.backend.device, decode=decode,
+                                  max_queue_delay_s=float(st.get("max_queue_delay_ms", 0.0)) / 1000.0,
+                                  max_backlog=int(st.get("max_backlog", 10000)))
+        result.update(split)
+        atomic_write(out / "result.json", json.dumps(result, indent=1))
+
+    def _steppers(self, in_flight: int) -> Any:
+        """The pipeline copies that serve requests: the loaded row itself for one request in flight; else
+        `in_flight` fresh copies of the backend sharing the row's threads (recorded as the split)."""
+        loop = self.loop
+        if in_flight <= 1:
+            if hasattr(loop, "pipeline"):
+                if getattr(loop.pipeline, "depth", 1) != 1:
+                    from retinabench.errors import BenchError
+                    raise BenchError("serving runs pipelines of one batch in flight: a throughput variant keeps "
+                                     "two and answers the previous batch (serve its e2e or staged variant)")
+                return [lambda images: loop.pipeline.step(images)[0]], {"in_flight": 1, "threads_each": self.backend.threads}
+            return [_stepper(loop.preprocess, loop.infer, loop.postprocess)], \
+                {"in_flight": 1, "threads_each": self.backend.threads}
+        from backends.base import backend_class
+        from retinabench.model.family import get_family
+        from retinabench.model.preprocess import Preprocessor
+        spec, job = self.job.backend, self.job
+        threads = max(1, (spec.threads or os.cpu_count() or 1) // in_flight)
+        family = get_family(self.model.family)
+        out = []
+        self._copies = []
+        _, _, h, w = self.blob_shape
+        images = _load_images(list(job.images))
+        batch_images = [images[i % len(images)] for i in range(job.row.batch)]
+        for _ in range(in_flight):
+            be = backend_class(spec.name)(variant=spec.variant, threads=threads, device=spec.device,
+                                          options=spec.options, max_batch=job.row.max_batch)
+            be.load(self.model, job.row.batch, h, w)
+            self._copies.append(be)
+            # each copy as the row itself is built: its own device stages (captured, compiled) where it has them
+            pre = be.device_preprocess(family, job.input.mode, job.input.size) or \
+                Preprocessor(family.normalization, job.input.mode, job.input.size)
+            decode = (be.device_postprocess(family, be.output_names, job.threshold)
+                      or family.make_decoder(be.output_names, job.threshold))
+            if be.stages_on_device:
+                from retinabench.model.device.pipeline import build_device_stages
+                build_device_stages(pre, be.infer, decode, batch_images)
+            out.append(_stepper(pre, be.infer, decode))
+        return out, {"in_flight": in_flight, "threads_each": threads, "threads_row": spec.threads}
+
+    def _harness_pids(self) -> List[int]:
+        """This run's other workers (the parent's children): idle while this one measures, but NVML's
+        per-process samples are coarse enough to straddle a hand-over; they are not other programs."""
+        try:
+            import psutil
+            return [p.pid for p in psutil.Process(self.job.parent_pid).children(recursive=True)] \
+                if self.job.parent_pid else []
+        except Exception:
+            return []
+
     def _replace_last(self) -> None:
         """The last chunk was measured while others were busy: its samples move apart (kept, not counted)."""
         self.replaced.append(self.chunks.pop())
@@ -229,6 +306,9 @@ class RowSession:
         if gpu and gpu.get("util_mean_pct") is None and not gpu.get("error") and self.chunks:
             gpu = self._utilisation_window(gpu)
         settings = be.settings()
+        if hasattr(os, "sched_getaffinity"):   # where the row's threads could run (pinned by a threads sweep)
+            settings.extras["affinity"] = sorted(os.sched_getaffinity(0))
+            settings.extras["pinned"] = bool(self.job.backend.pin)
         if self.stage_build_s is not None:
             settings.extras["stage_build_s"] = round(self.stage_build_s, 3)
         record = WorkerResult(
@@ -266,7 +346,17 @@ class RowSession:
         return extra
 
     def close(self) -> None:
+        for copy in getattr(self, "_copies", []):
+            copy.close()
         self.backend.close()
+
+
+def _stepper(pre: Any, infer: Any, post: Any) -> Any:
+    """One pass of a host pipeline over a batch of images: its faces per image."""
+    def step(images: List[Any]) -> List[Any]:
+        blob, metas = pre(images)
+        return post(infer(blob), metas)
+    return step
 
 
 def _stack(np: Any, chunks: List[Any], rounds: List[int]) -> Any:
@@ -310,6 +400,10 @@ def serve(job: Job, work: WorkDir, channel: Optional[Channel],
             if cmd.kind == "detect":
                 session.detect(cmd)
                 channel.send(Event("done", len(cmd.images), len(cmd.images)))
+                continue
+            if cmd.kind == "serve":
+                session.serve(cmd)
+                channel.send(Event("done"))
                 continue
             load = session.measure(cmd, _Throttled(channel, cmd.round))
             channel.send(Event("done", cmd.loops, cmd.loops, cmd.round, load=load))
@@ -360,6 +454,11 @@ def setup_process(job: Job) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for k, v in job.backend.env.items():  # validated against config.WORKER_ENV
         os.environ[k] = str(v)
+    if job.backend.pin and job.backend.threads and hasattr(os, "sched_setaffinity"):
+        # a threads sweep: the row's threads on that many cores (the first of those this process may use),
+        # so 1 and 2 threads mean 1 and 2 cores whatever the runtime's own thread placement
+        allowed = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, allowed[:max(1, int(job.backend.threads))])
     if job.backend.threads:  # OpenMP (MXNet's MKLDNN, OpenCV, ...) reads this once, at the runtime's import
         os.environ["OMP_NUM_THREADS"] = str(job.backend.threads)
         # OpenBLAS (inside pycaffe, numpy) sizes its pool when it loads: before available() imports caffe

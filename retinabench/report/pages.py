@@ -73,11 +73,23 @@ def page(run: RunData, readme_dir: Path) -> str:
         parts += [f"- *{f}*: {text}" for f, text in table.legend] + [""]
     if table.verdicts:
         parts += ["## Verdicts", ""] + [f"- {v.sentence()}" for v in table.verdicts] + [""]
+    from retinabench.report.scaling import best_text, scaling_section, size_fits, thread_scaling
+    if thread_scaling(run) or size_fits(run):
+        parts += ["## Scaling", "", scaling_section(run, where), "", "## Best configuration per backend", "",
+                  best_text(run, None, None, "latency"), ""]
     parts += ["## Accuracy against the reference row", "", accuracy_section(run), "",
               "## Plots", "", plots_markdown(run, where), ""]
     return "\n".join(parts)
 
 
 def sections(run: RunData, readme_dir: Path) -> Dict[str, str]:
-    """README marker name -> markdown, for one run."""
-    return {run.scenario: compact_section(run, readme_dir)}
+    """README marker name -> markdown, for one run (a sweep's scaling section too)."""
+    out = {run.scenario: compact_section(run, readme_dir)}
+    from retinabench.report.scaling import compact_scaling, size_fits, thread_scaling
+    if thread_scaling(run) or size_fits(run):
+        link = relative_link(run.path, readme_dir)
+        page = relative_link(page_path(readme_dir, run.scenario), readme_dir)
+        out[f"scaling-{run.scenario}"] = (_wrap(f"Run folder [`{link}`]({link}) ({build(run).machine}); every row and "
+                                                f"fit: [{page}]({page}).") + "\n\n"
+                                          + compact_scaling(run, readme_dir))
+    return out

@@ -19,7 +19,7 @@ from retinabench.store import RowResult, RunStore
 BASELINE_BACKENDS = {"empty"}
 _INT_COLUMNS = {"batch", "max_batch", "n", "reference_faces", "faces", "matched", "missed", "extra", "rounds",
                 "processes", "chunks", "chunks_replaced", "chunks_contended"}
-_TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads",
+_TEXT_COLUMNS = {"backend", "variant", "input", "stage", "status", "flags", "precision", "device", "threads", "options", "key",
                  "reference", "output", "group", "timing", "host_mib_source", "gpu_mib_source", "first_call"}
 _BOOL_COLUMNS = {"ratio_paired"}
 
@@ -82,7 +82,11 @@ def _attach_rows(lines: List[Dict[str, Any]], rows: Dict[RowId, RowResult]) -> N
     (accuracy CSVs also `max_batch`) or leave it empty for rows that did not pass, so a line takes
     the one row that matches the columns it has.
     """
+    by_key = {rid.key: rid for rid in rows}
     for line in lines:
+        if line.get("key") in by_key:   # lines written since rows could differ in swept threads or options
+            line["row"] = by_key[line["key"]]
+            continue
         cols = {k: line[k] for k in ("backend", "variant", "input", "batch", "max_batch", "device")
                 if line.get(k) not in ("", None)}
         matches = [rid for rid in rows if all(getattr(rid, k) == v for k, v in cols.items())]

@@ -41,7 +41,8 @@ FOOTPRINT_COLUMNS = ["host_mib_baseline", "host_mib_loaded", "host_mib_load_peak
 # interval covers, how steady its loops were, and what other programs did while it measured.
 PROCESS_COLUMNS = ["processes", "load_s_min", "load_s_max", "process_spread", "process_within", "process_ratio",
                    "spread_iqr", "warmup_drift", "rewarm_drift", "contention_cores_median", "contention_cores_max",
-                   "steal_s", "chunks", "chunks_replaced", "chunks_contended", "ratio_run_spread"]
+                   "steal_s", "chunks", "chunks_replaced", "chunks_contended", "ratio_run_spread",
+                   "megapixels", "speedup", "parallel_efficiency", "key", "options"]
 
 # The first columns are those of runs before rounds existed, in their order; new ones come after.
 SUMMARY_COLUMNS = ["backend", "variant", "input", "batch", "max_batch", "stage", "n", "mean_ms", "median_ms",
@@ -140,7 +141,8 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None,
     out = []
     for r in rows:
         rid, settings = r.id, r.result.settings
-        base = {"row": rid, "backend": rid.backend, "variant": rid.variant, "input": rid.input, "batch": rid.batch,
+        base = {"row": rid, "key": rid.key, "options": rid.options,
+                "backend": rid.backend, "variant": rid.variant, "input": rid.input, "batch": rid.batch,
                 "max_batch": rid.max_batch, "status": r.status, "device": rid.device,
                 "threads": settings.threads if settings is not None else "",
                 "precision": settings.precision if settings is not None else "",
@@ -183,16 +185,20 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None,
                 extra.update(round_cv=round(rs["round_cv"], 4), round_drift=round(rs["round_drift"], 4),
                              round_spread=round(rs["round_spread"], 3))
             # The shared host stages are the same numpy code in every row: their spread is the machine's,
-            # shown in the columns; a row's own flags are judged on the work that is its own.
-            own = stage in ("inference", "total") or bool(settings is not None and settings.device_stages)
+            # shown in the columns; a row's own flags are judged on the work that is its own. The `empty`
+            # row runs no network: it is the harness's floor, judged by nothing but the bug flags.
+            on_device = bool(settings is not None and settings.device_stages)
+            own = (stage in ("inference", "total") or on_device) and rid.backend not in BASELINE_BACKENDS
             if ps:
                 extra.update(process_spread=round(ps["process_spread"], 4),
                              process_within=round(ps["process_within"], 4), process_ratio=round(ps["process_ratio"], 3))
-                if own and process_spread_matters(ps):
+                # the processes are judged where the ratio column is: inference (a host-stage row's total adds
+                # the shared stages, whose layout effects are the machine's)
+                if own and (stage == "inference" or on_device) and process_spread_matters(ps):
                     flags.append("process-spread")
             # against the empty row's same stage; for inference, its total (its inference is a no-op call)
             jitter = baseline[STAGES.index("total") if stage == "inference" else i] if baseline else None
-            if own and rid.backend not in BASELINE_BACKENDS and unsteady(spread, jitter):
+            if own and unsteady(spread, jitter):
                 flags.append("unsteady")
             long_enough = own and m.median_ms > WARMUP_MIN_MS
             if long_enough and abs(warm) > WARMUP_LIMIT:
@@ -216,11 +222,42 @@ def summary_rows(rows: List[RowResult], reference: Optional[str] = None,
                 # staged rows only: an e2e or throughput row's inference column is the CUDA-event time itself
                 if base["timing"] in ("staged", "") and host_below_gpu(x, gpu_ms):
                     flags.append("host<gpu")
+            mp = megapixels(rid.input)
+            if mp is not None:
+                extra["megapixels"] = round(mp, 6)
             out.append({**base, "stage": stage, **m.to_dict(), "cv": round(m.cv, 4),
                         "per_image_median_ms": m.median_ms / rid.batch,
                         "images_per_s": (1000.0 * rid.batch / m.median_ms) if m.median_ms > 0 else "",
                         "drift": round(drift(x), 4), **extra, "flags": " ".join(flags)})
+    add_thread_scaling(out)
     return out
+
+
+def megapixels(label: str) -> Any:
+    try:
+        w, h = (int(v) for v in str(label).split("x"))
+    except ValueError:
+        return None
+    return w * h / 1e6
+
+
+def add_thread_scaling(lines: List[Dict[str, Any]]) -> None:
+    """Rows swept over threads: each stage line's speed-up over the same configuration at its fewest threads,
+    and the parallel efficiency (speed-up / thread ratio)."""
+    by: Dict[Any, List[Dict[str, Any]]] = {}
+    for ln in lines:
+        rid = ln["row"]
+        if rid.threads and ln.get("median_ms") not in (None, ""):
+            by.setdefault((rid.backend, rid.variant, rid.device, rid.input, rid.batch, rid.options, ln["stage"]),
+                          []).append(ln)
+    for group in by.values():
+        if len(group) < 2:
+            continue
+        base = min(group, key=lambda ln: ln["row"].threads)
+        for ln in group:
+            speedup = float(base["median_ms"]) / float(ln["median_ms"]) if float(ln["median_ms"]) > 0 else 0.0
+            ln["speedup"] = round(speedup, 4)
+            ln["parallel_efficiency"] = round(speedup / (ln["row"].threads / base["row"].threads), 4)
 
 
 def footprint_columns(fp: Optional[Footprint]) -> Dict[str, Any]:
@@ -351,4 +388,13 @@ def summarise_run(store: RunStore, rows: List[RowResult], scenario: Scenario) ->
     write_samples(store, rows)
     write_detections(store, rows)
     write_accuracy(store, rows, scenario.reference)
+    if any(r.id.threads for r in rows) or len({r.id.input for r in rows}) > 1:   # a sweep: its scaling figures
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            from retinabench.report.run_data import load_run
+            from retinabench.report.scaling import write_scaling
+            write_scaling(load_run(store.path))
+        except Exception as e:   # a figure is not worth the run: said, and the run's files stay
+            store.write_file("scaling-error.txt", f"{type(e).__name__}: {e}\n")
     return summary

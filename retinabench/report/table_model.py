@@ -132,8 +132,15 @@ def build(run: RunData) -> RunTable:
     extra = footprint_headers(run.summary)
     columns = [Column("backend", "backend", True, False), Column("variant", "variant", True, False)]
     columns += [Column("batch", "batch", True)] if sweep else []
-    # one device for every row: said once, on the context line; several: a column of the compact table
-    columns += [Column("on", "device", True, False)] if len({p["row"].device for p in pivoted}) > 1 else []
+    # one device (input, threads...) for every row: said once, on the context line; several: a compact column
+    varies = lambda get: len({get(p) for p in pivoted}) > 1  # noqa: E731
+    columns += [Column("on", "device", True, False)] if varies(lambda p: p["row"].device) else []
+    columns += [Column("in", "input", True, False)] if varies(lambda p: p["row"].input) else []
+    columns += [Column("thr", "threads", True)] if varies(lambda p: str(p.get("threads") or "")) else []
+    columns += [Column("opt", "options", True, False)] if varies(lambda p: p["row"].options) else []
+    groups = {run.row(p["row"]).group for p in pivoted if run.row(p["row"]) is not None}
+    # rows measured in the same interleaved rounds: the ones whose ratios are paired
+    columns += [Column("grp", "rounds shared", True, False)] if len(groups - {""}) > 1 else []
     columns += [Column("status", "status", False, False), Column("device", "device, precision", False, False),
                 Column("threads", "threads", False)]
     columns += [Column("total", "total ms", True, short="total"), Column("preprocess", "pre ms"), Column("inference", "inference ms", True, short="infer."),
@@ -151,7 +158,9 @@ def build(run: RunData) -> RunTable:
         gpu = str(rid.device).startswith("cuda")
         t = p.get("total")
         cells = {"backend": Cell(rid.backend), "variant": Cell(variant_cell(run, rid)), "batch": Cell(str(rid.batch)),
-                 "on": Cell(rid.device),
+                 "on": Cell(rid.device), "in": Cell(rid.input), "thr": Cell(str(p.get("threads") or "–")),
+                 "opt": Cell(rid.options.replace("+", ", ") or "–"),
+                 "grp": Cell((row.group if row is not None else "") or "–"),
                  "status": Cell(status_cell(p["status"], reason)), "device": Cell(_device(p, rid)),
                  "threads": Cell(str(p.get("threads") or "–"))}
         for stage in STAGES:
@@ -196,6 +205,8 @@ def _context(run: RunData, lines: List[Line]) -> List[Tuple[str, str]]:
     inputs = {line.row.input for line in lines}
     if len(inputs) == 1:
         ctx.append(("input", inputs.pop()))
+    if any(line.row.threads for line in lines):
+        ctx.append(("threads", "pinned to as many cores"))
     batches = {line.row.batch for line in lines}
     if len(batches) == 1:
         ctx.append(("batch", str(batches.pop())))
