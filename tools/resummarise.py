@@ -29,7 +29,8 @@ def main() -> int:
     args = p.parse_args()
     store = RunStore.open(args.run)
     saved = store.read_config()   # as the run wrote it: its recorded fields (`source` is where it came from)
-    scenario = scenario_from_dict({k: v for k, v in saved.items() if k in _FIELDS}, str(store.file("config.yaml")))
+    data = {k: v for k, v in saved.items() if k in _FIELDS and not (k == "max_batch" and not v)}
+    scenario = scenario_from_dict(data, str(store.file("config.yaml")))
     rows = store.ordered_rows()
     write_summary(store, rows, scenario.reference, scenario.run_spread)
     meta = store.read_meta()

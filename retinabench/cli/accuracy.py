@@ -30,6 +30,10 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     from retinabench.harness.accuracy import AP_THRESHOLD, run_accuracy
     from retinabench.report.dataset_accuracy import ap_table, drops, score, write_scores
 
+    if args.rescore:
+        return rescore(Path(args.rescore), args)
+    if not args.config:
+        raise BenchError("accuracy needs --config FILE.yaml (or --rescore RUN)")
     if not args.dataset:
         raise BenchError("accuracy needs --dataset SPEC (e.g. dlib:test, dlib:test@0.5, widerface:PATH)")
     if args.max_ap_drop is not None and args.max_ap_drop < 0:
@@ -52,7 +56,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     model = resolve_model(scenario.model, scenario.family)
     for line in notes:
         print(line, file=sys.stderr)
-    print(f"accuracy: {len(scenario.backends)} backend(s) over " +
+    print(f"accuracy: {len(scenario.backends)} backend entries over " +
           ", ".join(f"{d.name} ({d.num_images} images, {d.num_boxes} faces)" for d in datasets), file=sys.stderr)
     run_dir, rows = run_accuracy(scenario, model, datasets, results_root, threshold=args.score_threshold or AP_THRESHOLD,
                                  on_row=lambda key, i, n: print(f"[{i}/{n}] {key}", file=sys.stderr, flush=True))
@@ -71,6 +75,33 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         print(f"accuracy gate: no row loses more than {args.max_ap_drop:g} AP50 points against the reference")
     failed = [r for r in rows if r.status == "failed"]
     return ExitCode.PARTIAL if failed else ExitCode.OK
+
+
+def rescore(run_dir: Path, args: argparse.Namespace) -> int:
+    """A finished accuracy run's scores recomputed from its detections (the datasets reopened by the names
+    its run.json records): the detections are the run's, the arithmetic today's."""
+    from retinabench.datasets import open_dataset
+    from retinabench.datasets.fetch import default_cache_dir
+    from retinabench.report.dataset_accuracy import ap_table, read_scores, score, write_scores
+    from retinabench.store import RunStore
+    store = RunStore.open(run_dir)
+    meta = store.read_meta()
+    if meta.get("kind") != "accuracy":
+        raise BenchError(f"{run_dir}: not an accuracy run")
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    datasets = [open_dataset(d["name"], cache) for d in meta.get("datasets", [])]
+    config = store.read_config()
+    write_scores(run_dir, score(run_dir, datasets, config.get("reference"), float(meta.get("speed_threshold", 0.8))))
+    text = ap_table(read_scores(run_dir))
+    (run_dir / "accuracy_ap.md").write_text(text + "\n")
+    from datetime import datetime, timezone
+    from retinabench.harness.env import fingerprint
+    env = fingerprint()
+    meta.setdefault("rescored", []).append({"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                            "commit": env.get("git_commit"), "dirty": env.get("git_dirty")})
+    store.write_meta(meta)
+    print(text)
+    return ExitCode.OK
 
 
 def check_calibration(scenario: Any, datasets: List[Any]) -> None:
@@ -99,7 +130,8 @@ def _options(spec: Any) -> Any:
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("accuracy", help="AP of every row of a scenario on annotated faces (dlib, WIDER FACE, COCO, VOC)",
                        description=__doc__.split("\n\n")[1])
-    p.add_argument("--config", required=True, help="scenario YAML whose rows are scored, e.g. configs/1280x896.yaml")
+    p.add_argument("--config", help="scenario YAML whose rows are scored, e.g. configs/1280x896.yaml")
+    p.add_argument("--rescore", metavar="RUN", help="recompute a finished accuracy run's scores from its detections")
     p.add_argument("--dataset", action="append",
                    help="dlib[:test|:train][@SCALE], widerface:PATH, coco:FILE.json[,images=DIR], voc:DIR (repeatable)")
     p.add_argument("--backends", help="NAME[:VARIANT],... replacing the config's rows")

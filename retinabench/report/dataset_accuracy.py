@@ -25,7 +25,8 @@ from retinabench.store import RowResult, RunStore
 
 COLUMNS = ["dataset", "backend", "variant", "device", "precision", "status", "images", "faces", "ap50", "ap50_low",
            "ap50_high", "coco_ap", "coco_ap50", "recall_at_threshold", "threshold", "reference", "ap50_diff",
-           "ap50_diff_low", "ap50_diff_high", "easy", "medium", "hard", "reason"]
+           "ap50_diff_low", "ap50_diff_high", "easy", "medium", "hard", "reason",
+           "f32_row", "f32_diff", "f32_diff_low", "f32_diff_high"]
 N_BOOT = 1000
 SEED = 0
 
@@ -79,8 +80,25 @@ def score(run_dir: Path, datasets: Sequence[Any], reference: Optional[str], spee
             if ref and r.key != ref and ref in preds:
                 d = paired_ap_difference(ds.items, p, preds[ref], n_boot=N_BOOT, seed=SEED)
                 line.update(ap50_diff=d.estimate, ap50_diff_low=d.low, ap50_diff_high=d.high)
+            own = f32_row(r, rows)
+            if own is not None and own.key in preds:   # a reduced-precision row against its own backend's f32
+                d = paired_ap_difference(ds.items, p, preds[own.key], n_boot=N_BOOT, seed=SEED)
+                line.update(f32_row=own.key, f32_diff=d.estimate, f32_diff_low=d.low, f32_diff_high=d.high)
             out.append(line)
     return out
+
+
+LOWER_PRECISIONS = ("int8", "f16", "bf16")
+
+
+def f32_row(r: RowResult, rows: Sequence[RowResult]) -> Optional[RowResult]:
+    """The same backend's default (f32) row on the same device, for a row of lower precision."""
+    settings = r.result.settings
+    if settings is None or settings.precision not in LOWER_PRECISIONS or r.id.variant == "default":
+        return None
+    same = [o for o in rows if o.id.backend == r.id.backend and o.id.variant == "default" and o.id.device == r.id.device
+            and o.status == "passed"]
+    return same[0] if same else None
 
 
 def write_scores(run_dir: Path, lines: List[Dict[str, Any]]) -> None:
@@ -123,7 +141,7 @@ def _name(ln: Dict[str, str]) -> str:
 def _ap(ln: Dict[str, str]) -> str:
     if ln.get("ap50") in ("", None):
         return "–"
-    return f"{float(ln['ap50']):.3f} ({float(ln['ap50_low']):.2f}-{float(ln['ap50_high']):.2f})"
+    return f"{float(ln['ap50']):.3f} ({float(ln['ap50_low']):.3f}-{float(ln['ap50_high']):.3f})"
 
 
 def _diff(ln: Dict[str, str]) -> str:
@@ -146,6 +164,25 @@ def ap_table(lines: Sequence[Dict[str, str]]) -> str:
             "(95% interval):\n\n" + md_table(["backend"] + list(datasets), diffs))
 
 
+def precision_costs(lines: Sequence[Dict[str, str]]) -> List[str]:
+    """One sentence per lower-precision row: its AP50 against its own backend's f32 row, per dataset."""
+    out = []
+    by: Dict[str, List[Dict[str, str]]] = {}
+    for ln in lines:
+        if ln.get("f32_diff") not in ("", None):
+            by.setdefault(_name(ln), []).append(ln)
+    for name, lns in by.items():
+        parts = [f"{ln['dataset']} {100 * float(ln['f32_diff']):+.1f} ({100 * float(ln['f32_diff_low']):+.1f} to "
+                 f"{100 * float(ln['f32_diff_high']):+.1f})" for ln in lns]
+        out.append(f"{name} against its f32 row, AP50 points (95% interval): " + "; ".join(parts) + ".")
+    return out
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(text, 110, break_long_words=False, break_on_hyphens=False))
+
+
 def ap_section(run_dir: Path, link_base: Path) -> str:
     """The README's accuracy section from a committed accuracy run's accuracy_ap.csv and run.json."""
     lines = read_scores(run_dir)
@@ -158,9 +195,13 @@ def ap_section(run_dir: Path, link_base: Path) -> str:
     recall = {(_name(ln), ln["dataset"]): ln.get("recall_at_threshold") for ln in lines}
     first = lines[0]["dataset"] if lines else ""
     rec = ", ".join(f"{n} {float(v):.2f}" for (n, d), v in recall.items() if d == first and v not in ("", None))
+    faces = sum(int(d.get("boxes") or 0) for d in meta.get("datasets", [])[:1])
     return "\n".join([
-        f"Datasets: {sets}. Run folder [`{link}`]({link}), {machine_label(env) if env else 'unrecorded machine'}; "
-        f"each image at its original scale on a {canvas[0]}x{canvas[1]} canvas, faces kept from a score of "
-        f"{meta.get('score_threshold')}, IoU 0.5, AP by the VOC rule with a 95% bootstrap interval over images.",
-        "", ap_table(lines), "",
-        f"Recall at the speed tables' threshold ({lines[0]['threshold'] if lines else '?'}) on {first}: {rec}."])
+        _wrap(f"Datasets: {sets}. Run folder [`{link}`]({link}), {machine_label(env) if env else 'unrecorded machine'}; "
+              f"each image at its original scale on a {canvas[0]}x{canvas[1]} canvas, faces kept from a score of "
+              f"{meta.get('score_threshold')}, IoU 0.5, AP by the VOC rule with a 95% bootstrap interval over images. "
+              f"A small set: each of its {faces} faces is about {100 / max(1, faces):.0f} points of recall."),
+        "", ap_table(lines), ""]
+        + [_wrap(s) for s in precision_costs(lines)]
+        + ["", _wrap(f"Recall at the speed tables' threshold ({lines[0]['threshold'] if lines else '?'}) on {first}: "
+                     f"{rec}.")])

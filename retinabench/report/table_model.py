@@ -136,7 +136,8 @@ def build(run: RunData) -> RunTable:
     varies = lambda get: len({get(p) for p in pivoted}) > 1  # noqa: E731
     columns += [Column("on", "device", True, False)] if varies(lambda p: p["row"].device) else []
     columns += [Column("in", "input", True, False)] if varies(lambda p: p["row"].input) else []
-    columns += [Column("thr", "threads", True)] if varies(lambda p: str(p.get("threads") or "")) else []
+    columns += [Column("thr", "threads", True)] if len({str(p.get("threads") or "") for p in pivoted
+                                                        if "total" in p}) > 1 else []
     columns += [Column("opt", "options", True, False)] if varies(lambda p: p["row"].options) else []
     groups = {run.row(p["row"]).group for p in pivoted if run.row(p["row"]) is not None}
     # rows measured in the same interleaved rounds: the ones whose ratios are paired
