@@ -43,7 +43,7 @@ def _lines(run: Path) -> list:
     {"scenario": "singlestream"},
     {"scenario": "multistream", "samples_per_query": 2},
     {"scenario": "offline"},
-    {"scenario": "server", "latency_bound_ms": 200, "search_steps": 2},
+    {"scenario": "server", "latency_bound_ms": 200, "percentile": 90, "search_steps": 2},
 ], ids=lambda d: d["scenario"])
 def test_every_scenario_runs_on_the_real_loadgen(tmp_path, load):
     res = _serve(_config(tmp_path, load), tmp_path / "r")

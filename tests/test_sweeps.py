@@ -55,7 +55,7 @@ def test_committed_runs_from_before_sweeps_still_load():
     from retinabench.report.run_data import load_run
     old = ROOT / "results" / "20261201-113529-1280x896"
     run = load_run(old)
-    assert len(run.rows) == 14 and all(r.id.threads == 0 for r in run.rows)
+    assert len(run.rows) == 14 and all(rid.threads == 0 for rid in run.rows)
     assert {s["row"] for s in run.summary} == set(run.rows)
 
 

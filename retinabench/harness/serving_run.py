@@ -46,6 +46,7 @@ from retinabench.records import Command, Job, WorkerResult
 from retinabench.store import RowResult, RunStore
 
 START_FRACTION = 0.8      # the search's first rate, of the closed-loop rate
+EARLY_STOPPING_QUERIES = {99: 700, 95: 200}   # queries a test runs at least, by percentile (else 100)
 GROW = 1.5                # ... times this while runs pass, before a run has failed
 MAX_BACKLOG_S = 2.0       # the overload guard: a backlog of this many seconds of the target rate (at least 256)
 SERVING_COLUMNS = ["backend", "variant", "device", "batch", "scenario", "status", "reason", "rate", "rate_min",
@@ -77,8 +78,11 @@ def loadgen_fields(load: LoadSpec, target: Optional[float], closed_ms: float) ->
     """LoadGen TestSettings fields for one test (the scenario's own `settings` override them)."""
     min_ms = int(load.min_duration_s * 1000)
     max_s = load.max_duration_s if load.max_duration_s is not None else 2 * load.min_duration_s + 20
-    f: Dict[str, Any] = {"min_duration_ms": min_ms, "max_duration_ms": int(max_s * 1000), "min_query_count": 100}
     pct = percentile_of(load) / 100.0
+    # LoadGen's early stopping needs enough queries to estimate a tail percentile (about 460 for p99): a test
+    # must run at least that many, or no rate can pass however fast the pipeline (LoadGen says so otherwise)
+    f: Dict[str, Any] = {"min_duration_ms": min_ms, "max_duration_ms": int(max_s * 1000),
+                         "min_query_count": EARLY_STOPPING_QUERIES.get(round(pct * 100), 100)}
     if load.scenario == "server":
         f.update(server_target_qps=float(target), server_target_latency_percentile=pct,
                  server_target_latency_ns=int(float(load.latency_bound_ms) * 1e6))
@@ -154,7 +158,8 @@ class ServingRun:
         out = self.store.path / "loadgen" / rs.key / f"r{r}-s{step}"
         fields = loadgen_fields(load, target, rs.closed_loop_ms or 1.0)
         # offline issues its whole test at once: only the other scenarios can run away from the pipeline
-        backlog = 10**9 if load.scenario == "offline" else max(256, int(MAX_BACKLOG_S * (target or closed_rate(rs, load))))
+        # (a backlog of MAX_BACKLOG_S of the pipeline's own closed-loop capacity: queries waiting that long)
+        backlog = 10**9 if load.scenario == "offline" else max(256, int(MAX_BACKLOG_S * closed_rate(rs, load)))
         settings = {"kind": load.scenario, "fields": fields, "in_flight": load.in_flight, "decode": load.decode,
                     "max_queue_delay_ms": load.max_queue_delay_ms, "max_backlog": backlog}
         limit = fields["max_duration_ms"] / 1000.0 + 120.0
