@@ -17,12 +17,16 @@ from retinabench.report.dataset_accuracy import ap_section
 from retinabench.report.machines import machines_page
 from retinabench.report.pages import page
 from retinabench.report.readme import load_run, report_sections, rewrite_sections
+from retinabench.report.serving_report import serving_section
 
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
 PAGES = sorted((ROOT / "docs" / "results").glob("*.md"))
-SECTIONS = dict(re.findall(r"<!-- retinabench:begin ([^ ]+) -->\n(.*?)<!-- retinabench:end \1 -->", TEXT, re.S))
+MARKED = [README] + [p for p in DOCS if p not in PAGES]   # hand-written files with generated sections
+_SECTION = re.compile(r"<!-- retinabench:begin ([^ ]+) -->\n(.*?)<!-- retinabench:end \1 -->", re.S)
+SECTIONS = dict(_SECTION.findall(TEXT))
+ALL_SECTIONS = [(path, name) for path in MARKED for name, _ in _SECTION.findall(path.read_text(encoding="utf-8"))]
 LINK = re.compile(r"\]\((?:\.\./)*(results/\d{8}-\d{6}-[^/)]+)")   # a run folder: results/<UTC stamp>-<name>
 
 
@@ -40,26 +44,30 @@ def test_every_cited_run_is_committed():
 
 def test_every_readme_section_has_its_run():
     assert SECTIONS, "the README has no generated section"
-    for name, body in SECTIONS.items():
-        assert _cited(body), f"README section {name} cites no run folder"
+    for path, name in ALL_SECTIONS:
+        body = dict(_SECTION.findall(path.read_text(encoding="utf-8")))[name]
+        assert _cited(body), f"{path.name}: section {name} cites no run folder"
 
 
-@pytest.mark.parametrize("name", sorted(SECTIONS))
-def test_readme_sections_regenerate_byte_for_byte(name):
-    body = SECTIONS[name]
-    folder = ROOT / next(c for c in _cited(body) if not c.endswith(".md"))
+@pytest.mark.parametrize("path, name", ALL_SECTIONS, ids=[f"{p.name}:{n}" for p, n in ALL_SECTIONS])
+def test_sections_regenerate_byte_for_byte(path, name):
+    text = path.read_text(encoding="utf-8")
+    body = dict(_SECTION.findall(text))[name]
+    base = path.parent
+    folder = ROOT / _cited(body)[0]
     if name.startswith("coverage-"):
-        folder = ROOT / re.search(r"\]\(((?:results/[^/)]+))/coverage\.md\)", body).group(1)
         assert is_coverage(folder)
-        fresh = {name: coverage_section(folder, README.parent)}
+        fresh = {name: coverage_section(folder, base)}
     elif name == "accuracy-ap":
-        fresh = {name: ap_section(folder, README.parent)}
+        fresh = {name: ap_section(folder, base)}
+    elif name.startswith("serving-"):
+        fresh = {name: serving_section(folder, base)}
     else:
-        fresh = report_sections(load_run(folder), README.parent)
+        fresh = report_sections(load_run(folder), base)
     assert name in fresh, f"{folder} reports sections {sorted(fresh)}, not {name}"
-    new, update = rewrite_sections(TEXT, {name: fresh[name]})
+    new, update = rewrite_sections(text, {name: fresh[name]})
     assert update.found == [name]
-    assert new == TEXT, f"`bench.py report {folder.relative_to(ROOT)} --readme README.md` would change the README"
+    assert new == text, f"`bench.py report {folder.relative_to(ROOT)} --readme {path.relative_to(ROOT)}` would change it"
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])

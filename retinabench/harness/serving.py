@@ -159,13 +159,16 @@ class Server:
         self.errors: List[str] = []
         self.batches = 0
         self.served = 0
+        self.service_s: List[float] = []      # per batch: the pipeline's own time (what the closed loop times)
+        self.wait_s: List[float] = []         # per query: from LoadGen's issue to the pipeline taking it up
         self._threads = [threading.Thread(target=self._serve, args=(s,), name=f"sut-{i}", daemon=True)
                          for i, s in enumerate(self.steppers)]
 
     # -- LoadGen's callbacks (on LoadGen's threads: they only enqueue) --
     def issue_query(self, query_samples: Sequence[Any]) -> None:
+        now = time.perf_counter()
         for q in query_samples:
-            self.queue.put(q)
+            self.queue.put((q, now))
         if self.queue.qsize() > self.max_backlog and not self.overloaded.is_set():
             self.overloaded.set()
 
@@ -198,7 +201,7 @@ class Server:
         return taken
 
     def _answer(self, taken: Sequence[Any]) -> None:
-        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q in taken])
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q, _ in taken])
 
     def _serve(self, step: Stepper) -> None:
         while not self.stop.is_set():
@@ -208,8 +211,10 @@ class Server:
             if self.overloaded.is_set():   # drain: LoadGen must finish; the test is marked overloaded
                 self._answer(taken)
                 continue
+            t0 = time.perf_counter()
+            self.wait_s.extend(t0 - issued for _, issued in taken)
             try:
-                images = [self.samples[q.index % len(self.samples)] for q in taken]
+                images = [self.samples[q.index % len(self.samples)] for q, _ in taken]
                 if self.decode is not None:
                     images = [self.decode(b) for b in images]
                 images += [images[-1]] * (self.batch - len(images))
@@ -217,9 +222,24 @@ class Server:
             except Exception as e:   # a failing pipeline: recorded, its queries answered so the test ends
                 self.errors.append(f"{type(e).__name__}: {e}")
                 self.overloaded.set()
+            self.service_s.append(time.perf_counter() - t0)
             self._answer(taken)
             self.batches += 1
             self.served += len(taken)
+
+    def costs(self) -> Dict[str, Any]:
+        """Where a request's time went: the pipeline's own (service) time per batch, and the wait from
+        LoadGen's issue to the pipeline taking the request up (queueing, dynamic batching, thread wake-up)."""
+        import numpy as np
+        out: Dict[str, Any] = {}
+        if self.service_s:
+            sv = np.asarray(self.service_s) * 1e3
+            out.update(service_ms_p50=round(float(np.median(sv)), 4), service_ms_p99=round(float(np.percentile(sv, 99)), 4))
+        if self.wait_s:
+            wt = np.asarray(self.wait_s) * 1e3
+            out.update(wait_ms_p50=round(float(np.median(wt)), 4), wait_ms_p99=round(float(np.percentile(wt, 99)), 4),
+                       batch_mean=round(len(self.wait_s) / max(1, len(self.service_s)), 3))
+        return out
 
 
 def test_settings(lg: Any, kind: str, fields: Dict[str, Any]) -> Any:
@@ -248,7 +268,7 @@ def settings_record(s: Any) -> Dict[str, Any]:
 
 def run_test(steppers: Sequence[Stepper], batch: int, samples: Sequence[Any], kind: str, fields: Dict[str, Any],
              out_dir: Path, device: str, decode: Optional[Callable] = None, max_queue_delay_s: float = 0.0,
-             max_backlog: int = 10000) -> Dict[str, Any]:
+             max_backlog: int = 10000, parent_pid: Optional[int] = None) -> Dict[str, Any]:
     """One LoadGen test of the pipeline; its logs in `out_dir`; what they say, as a record."""
     import mlperf_loadgen as lg
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,12 +282,16 @@ def run_test(steppers: Sequence[Stepper], batch: int, samples: Sequence[Any], ki
     n = len(samples)
     qsl = lg.ConstructQSL(n, n, lambda idx: None, lambda idx: None)
     energy = EnergyMeter(device)
+    from retinabench.harness.cpu_load import CpuLoadMeter
+    load = CpuLoadMeter(parent_pid)
     server.start()
     t0 = time.monotonic()
     energy.begin()
+    load.begin()
     try:
         lg.StartTestWithLogSettings(sut, qsl, settings, log)
     finally:
+        machine = load.end()   # what other programs took of the CPU meanwhile (the parent judges it)
         spent = energy.end()
         wall = time.monotonic() - t0
         server.close()
@@ -275,7 +299,8 @@ def run_test(steppers: Sequence[Stepper], batch: int, samples: Sequence[Any], ki
         lg.DestroySUT(sut)
     result = outcome(read_detail(out_dir / "mlperf_log_detail.txt"))
     result.update(settings=settings_record(settings), wall_s=round(wall, 3), served=server.served,
-                  batches=server.batches, overloaded=server.overloaded.is_set(), errors=server.errors[:5], **spent)
+                  batches=server.batches, overloaded=server.overloaded.is_set(), errors=server.errors[:5], **spent,
+                  **server.costs(), machine=machine)
     if server.overloaded.is_set():
         result["validity"] = "INVALID"
         result["invalid_reason"] = ("overloaded: the pipeline's backlog passed "

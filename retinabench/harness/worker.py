@@ -229,7 +229,7 @@ class RowSession:
         result = serving.run_test(steppers, self.job.row.batch, samples, st["kind"], dict(st.get("fields") or {}),
                                   out, self.job.backend.device, decode=decode,
                                   max_queue_delay_s=float(st.get("max_queue_delay_ms", 0.0)) / 1000.0,
-                                  max_backlog=int(st.get("max_backlog", 10000)))
+                                  max_backlog=int(st.get("max_backlog", 10000)), parent_pid=self.job.parent_pid)
         result.update(split)
         atomic_write(out / "result.json", json.dumps(result, indent=1))
 

@@ -152,16 +152,19 @@ def _diff(ln: Dict[str, str]) -> str:
     return f"{d:+.1f} ({lo:+.1f} to {hi:+.1f})"
 
 
-def ap_table(lines: Sequence[Dict[str, str]]) -> str:
+def ap_table(lines: Sequence[Dict[str, str]], with_diffs: bool = True) -> str:
     """Rows x datasets: AP50 with its interval; then, per dataset, the points lost to the reference."""
     datasets = list(dict.fromkeys(ln["dataset"] for ln in lines))
-    names = list(dict.fromkeys(_name(ln) for ln in lines))
+    names = list(dict.fromkeys(_name(ln) for ln in lines if ln.get("ap50") not in ("", None)))
     by = {(_name(ln), ln["dataset"]): ln for ln in lines}
     headers = ["backend"] + [f"AP50 {d}" for d in datasets]
     table = [[n] + [_ap(by[(n, d)]) if (n, d) in by else "–" for d in datasets] for n in names]
+    text = md_table(headers, table)
+    if not with_diffs:
+        return text
     diffs = [[n] + [_diff(by[(n, d)]) if (n, d) in by else "–" for d in datasets] for n in names]
-    return (md_table(headers, table) + "\n\nAP50 points against the reference row, paired over images "
-            "(95% interval):\n\n" + md_table(["backend"] + list(datasets), diffs))
+    return (text + "\n\nAP50 points against the reference row, paired over images (95% interval):\n\n"
+            + md_table(["backend"] + list(datasets), diffs))
 
 
 def precision_costs(lines: Sequence[Dict[str, str]]) -> List[str]:
@@ -189,19 +192,25 @@ def ap_section(run_dir: Path, link_base: Path) -> str:
     meta = json.loads((Path(run_dir) / "run.json").read_text())
     env = json.loads((Path(run_dir) / "env.json").read_text()) if (Path(run_dir) / "env.json").is_file() else {}
     link = relative_link(Path(run_dir), link_base)
+    full = relative_link(Path(run_dir) / "accuracy_ap.md", link_base)
     sets = "; ".join(f"{d['name']}: {d['images']} images, {d['boxes']} faces" for d in meta.get("datasets", []))
     from retinabench.harness.env import machine_label
     canvas = meta.get("canvas") or ["?", "?"]
     recall = {(_name(ln), ln["dataset"]): ln.get("recall_at_threshold") for ln in lines}
     first = lines[0]["dataset"] if lines else ""
     rec = ", ".join(f"{n} {float(v):.2f}" for (n, d), v in recall.items() if d == first and v not in ("", None))
+    coco = ", ".join(f"{_name(ln)} {float(ln['coco_ap']):.3f}" for ln in lines
+                     if ln["dataset"] == first and ln.get("coco_ap") not in ("", None))
     faces = sum(int(d.get("boxes") or 0) for d in meta.get("datasets", [])[:1])
     return "\n".join([
         _wrap(f"Datasets: {sets}. Run folder [`{link}`]({link}), {machine_label(env) if env else 'unrecorded machine'}; "
               f"each image at its original scale on a {canvas[0]}x{canvas[1]} canvas, faces kept from a score of "
               f"{meta.get('score_threshold')}, IoU 0.5, AP by the VOC rule with a 95% bootstrap interval over images. "
               f"A small set: each of its {faces} faces is about {100 / max(1, faces):.0f} points of recall."),
-        "", ap_table(lines), ""]
-        + [_wrap(s) for s in precision_costs(lines)]
+        "", ap_table(lines, with_diffs=False), "",
+        _wrap(f"Every row's AP50 against the reference row, paired over images: [accuracy_ap.md]({full}); "
+              "every face found, per image: the run folder's detections/. Rows of lower precision against "
+              "their own f32 row:"), ""]
+        + [_wrap("- " + s) for s in precision_costs(lines)]
         + ["", _wrap(f"Recall at the speed tables' threshold ({lines[0]['threshold'] if lines else '?'}) on {first}: "
-                     f"{rec}.")])
+                     f"{rec}."), "", _wrap(f"COCO AP@[.5:.95] (pycocotools) on {first}: {coco}.")])

@@ -3,8 +3,11 @@
 Per row: the rate it sustained (server: the highest offered rate LoadGen called VALID at the latency
 bound; offline: samples per second; single/multistream: the latency percentile), as the median of
 its rounds with their range; the same as camera streams at `fps`; the latencies at that rate; the
-rate its own closed-loop per-image median allows and the ratio of the two (what the serving machinery
-and the queueing cost); LoadGen's verdict with its reason; energy per image where a counter exists.
+rate its own closed-loop per-image median allows and the ratio of the two; where the gap comes from: the
+pipeline's own (service) time under load against its closed-loop median (CPU it loses to the serving
+machinery and to LoadGen), and how long requests waited before the pipeline took them up (queueing under
+random arrivals, dynamic batching); LoadGen's verdict with its reason; energy per image where a counter
+exists.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ def serving_table(lines: Sequence[Dict[str, Any]]) -> str:
     fps = _num(lines[0].get("fps")) or 30.0
     headers = ["backend", "variant", head]
     headers += [f"streams at {fps:g} fps"] if kind in ("server", "offline") else []
-    headers += ["p50 / p90 / p99 ms", "closed loop /s", "of closed loop", "LoadGen", "J/image"]
+    headers += ["p50 / p90 / p99 ms", "closed loop /s", "of closed loop", "service ms (vs closed loop)",
+                "wait p50 / p99 ms", "LoadGen", "J/image"]
     table = []
     for ln in lines:
         if ln.get("status") != "passed":
@@ -61,7 +65,13 @@ def serving_table(lines: Sequence[Dict[str, Any]]) -> str:
         if verdict.startswith("INVALID") and ln.get("invalid_reason"):
             verdict += f" ({str(ln['invalid_reason'])[:60]})"
         energy = f"{_num(ln['energy_per_image_j']):.3g}" if _num(ln.get("energy_per_image_j")) is not None else "–"
-        row += [lat, _rate(ln.get("closed_loop_rate")), f"{ratio:.0%}" if ratio is not None else "–", verdict, energy]
+        service = "–"
+        if _num(ln.get("service_ms_p50")) is not None:
+            rel = _num(ln.get("service_over_closed_loop"))
+            service = ms(ln["service_ms_p50"]) + (f" ({rel:.2f}x)" if rel is not None else "")
+        wait = " / ".join(ms(ln.get(k)) for k in ("wait_ms_p50", "wait_ms_p99"))
+        row += [lat, _rate(ln.get("closed_loop_rate")), f"{ratio:.0%}" if ratio is not None else "–", service, wait,
+                verdict, energy]
         table.append(row)
     return md_table(headers, table)
 
