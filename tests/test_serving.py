@@ -121,3 +121,27 @@ def test_a_gpu_serving_scenario_without_a_gpu_says_so(tmp_path):
     (run,) = (tmp_path / "r").iterdir()
     (line,) = _lines(run)
     assert line["status"] == "unavailable" and "CUDA" in line["reason"]
+
+
+def test_a_slow_server_rate_gets_the_time_for_the_queries_early_stopping_needs():
+    from retinabench.config import LoadSpec
+    from retinabench.harness.serving_run import loadgen_fields
+    load = LoadSpec(scenario="server", latency_bound_ms=50, percentile=99, min_duration_s=10)
+    slow = loadgen_fields(load, 10.0, 9.0)
+    assert slow["min_query_count"] == 700
+    # 700 Poisson arrivals at 10/s take 70 s on average: the limit leaves room beyond that
+    assert slow["max_duration_ms"] >= 1.25 * 700 / 10.0 * 1000
+    fast = loadgen_fields(load, 500.0, 2.0)
+    assert fast["max_duration_ms"] == (2 * 10 + 20) * 1000
+    fixed = loadgen_fields(LoadSpec(scenario="server", latency_bound_ms=50, min_duration_s=10, max_duration_s=30), 10.0, 9.0)
+    assert fixed["max_duration_ms"] == 30000   # a limit the scenario sets is kept
+
+
+def test_a_round_peak_is_its_highest_valid_rate_not_counting_replaced_tests():
+    from retinabench.harness.serving_run import round_peak
+    tests = [{"round": 0, "target": 100.0, "validity": "VALID"},
+             {"round": 0, "target": 120.0, "validity": "INVALID"},
+             {"round": 0, "target": 110.0, "validity": "VALID", "replaced": True},
+             {"round": 1, "target": 90.0, "validity": "INVALID"}]
+    assert round_peak(tests, 0) == 100.0
+    assert round_peak(tests, 1) is None

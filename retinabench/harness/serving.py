@@ -143,6 +143,11 @@ class EnergyMeter:
 class Server:
     """The system under test: queued samples served by `len(steppers)` threads, each a copy of the pipeline.
 
+    The first copy runs on the thread that calls `serve_here` (the worker's main thread, where the
+    closed loop ran it): PyTorch's CPU convolutions run on one core when called from any other
+    thread (measured: 17.6 ms per image on a new thread against 7.3 ms on the main one, at 2 threads),
+    so serving on a side thread would measure a different pipeline from the closed loop's.
+
     `batch`: the row's batch size; a thread takes up to that many queued samples (waiting at most
     `max_queue_delay_s` after the first for the rest), pads the batch, runs it, and answers them."""
 
@@ -161,8 +166,8 @@ class Server:
         self.served = 0
         self.service_s: List[float] = []      # per batch: the pipeline's own time (what the closed loop times)
         self.wait_s: List[float] = []         # per query: from LoadGen's issue to the pipeline taking it up
-        self._threads = [threading.Thread(target=self._serve, args=(s,), name=f"sut-{i}", daemon=True)
-                         for i, s in enumerate(self.steppers)]
+        self._threads = [threading.Thread(target=self._serve, args=(s, self.stop), name=f"sut-{i}", daemon=True)
+                         for i, s in enumerate(self.steppers[1:], 1)]
 
     # -- LoadGen's callbacks (on LoadGen's threads: they only enqueue) --
     def issue_query(self, query_samples: Sequence[Any]) -> None:
@@ -177,8 +182,13 @@ class Server:
 
     # -- the serving threads --
     def start(self) -> None:
+        """The copies after the first, each on its own thread."""
         for t in self._threads:
             t.start()
+
+    def serve_here(self, until: threading.Event) -> None:
+        """The first copy, on the calling thread, until `until` is set (LoadGen's test has ended)."""
+        self._serve(self.steppers[0], until)
 
     def close(self) -> None:
         self.stop.set()
@@ -203,8 +213,8 @@ class Server:
     def _answer(self, taken: Sequence[Any]) -> None:
         self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(q.id, 0, 0) for q, _ in taken])
 
-    def _serve(self, step: Stepper) -> None:
-        while not self.stop.is_set():
+    def _serve(self, step: Stepper, stop: threading.Event) -> None:
+        while not stop.is_set():
             taken = self._take()
             if not taken:
                 continue
@@ -284,12 +294,28 @@ def run_test(steppers: Sequence[Stepper], batch: int, samples: Sequence[Any], ki
     energy = EnergyMeter(device)
     from retinabench.harness.cpu_load import CpuLoadMeter
     load = CpuLoadMeter(parent_pid)
+    ended = threading.Event()
+    failed: List[BaseException] = []
+
+    def drive() -> None:   # LoadGen's test on a side thread: the first pipeline copy keeps this one
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log)
+        except BaseException as e:   # recorded and raised on the calling thread
+            failed.append(e)
+        finally:
+            ended.set()
+
     server.start()
     t0 = time.monotonic()
     energy.begin()
     load.begin()
+    driver = threading.Thread(target=drive, name="loadgen", daemon=True)
     try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log)
+        driver.start()
+        server.serve_here(ended)
+        driver.join()
+        if failed:
+            raise failed[0]
     finally:
         machine = load.end()   # what other programs took of the CPU meanwhile (the parent judges it)
         spent = energy.end()

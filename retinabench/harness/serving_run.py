@@ -6,9 +6,12 @@ median allows. Then, in `rounds` rounds whose row order is shuffled from the rec
 latency tables interleave), each row runs its LoadGen tests (retinabench.harness.serving):
 
 - `server` with `target_qps: auto`: a search over LoadGen runs for the highest rate LoadGen calls
-  VALID at the latency bound. It starts at 80% of the closed-loop rate, grows by half while runs
-  pass, then bisects between the highest passing and the lowest failing rate, `search_steps` runs
-  in all. A search over runs rather than LoadGen's FindPeakPerformance mode: that mode runs its own
+  VALID at the latency bound. It starts at 80% of the closed-loop rate (on a GPU, times the copies
+  in flight, which overlap), grows by a quarter while runs pass (shrinks by 40% while they fail),
+  then bisects between the highest passing and the lowest failing rate, `search_steps` runs in all;
+  later rounds start at the earlier rounds' median peak and step by 10%. A slow rate gets the time
+  to issue the queries LoadGen's early stopping needs (else it 'exits early' whatever its latency).
+  A search over runs rather than LoadGen's FindPeakPerformance mode: that mode runs its own
   open-ended search inside one test (doubling until a run fails, each run a full test), so neither
   the time a row takes nor the interleaving of rows could be bounded; our steps are each one
   PerformanceOnly test with its own logs, ended by `max_duration_s` and by the overload guard;
@@ -47,9 +50,11 @@ from retinabench.records import Command, Job, WorkerResult
 from retinabench.store import RowResult, RunStore
 
 START_FRACTION = 0.8      # the search's first rate, of the closed-loop rate
+GROW, SHRINK = 1.25, 0.6  # ... times these while runs pass (fail), before the other outcome brackets the peak
+NEAR = 0.1                # later rounds start at the earlier rounds' median peak, stepping by this fraction
 EARLY_STOPPING_QUERIES = {99: 700, 95: 200}   # queries a test runs at least, by percentile (else 100)
+QUERY_MARGIN = 1.3        # a server test's time limit leaves its Poisson arrivals this much room for them
 CONTENDED_RETRIES = 2     # a test during which other programs took more than contention_limit: run again
-GROW = 1.5                # ... times this while runs pass, before a run has failed
 MAX_BACKLOG_S = 2.0       # the overload guard: a backlog of this many seconds of the target rate (at least 256)
 SERVING_COLUMNS = ["backend", "variant", "device", "batch", "scenario", "status", "reason", "rate", "rate_min",
                    "rate_max", "rate_unit", "latency_bound_ms", "percentile", "p50_ms", "p90_ms", "p99_ms",
@@ -81,12 +86,15 @@ def percentile_of(load: LoadSpec) -> float:
 def loadgen_fields(load: LoadSpec, target: Optional[float], closed_ms: float) -> Dict[str, Any]:
     """LoadGen TestSettings fields for one test (the scenario's own `settings` override them)."""
     min_ms = int(load.min_duration_s * 1000)
-    max_s = load.max_duration_s if load.max_duration_s is not None else 2 * load.min_duration_s + 20
     pct = percentile_of(load) / 100.0
     # LoadGen's early stopping needs enough queries to estimate a tail percentile (about 460 for p99): a test
     # must run at least that many, or no rate can pass however fast the pipeline (LoadGen says so otherwise)
-    f: Dict[str, Any] = {"min_duration_ms": min_ms, "max_duration_ms": int(max_s * 1000),
-                         "min_query_count": EARLY_STOPPING_QUERIES.get(round(pct * 100), 100)}
+    queries = EARLY_STOPPING_QUERIES.get(round(pct * 100), 100)
+    max_s = load.max_duration_s if load.max_duration_s is not None else 2 * load.min_duration_s + 20
+    if load.max_duration_s is None and load.scenario == "server" and target:
+        # ... and a slow rate must have the time to issue them (else it 'exits early', whatever its latency)
+        max_s = max(max_s, QUERY_MARGIN * queries / float(target) + load.min_duration_s)
+    f: Dict[str, Any] = {"min_duration_ms": min_ms, "max_duration_ms": int(max_s * 1000), "min_query_count": queries}
     if load.scenario == "server":
         f.update(server_target_qps=float(target), server_target_latency_percentile=pct,
                  server_target_latency_ns=int(float(load.latency_bound_ms) * 1e6))
@@ -101,10 +109,18 @@ def loadgen_fields(load: LoadSpec, target: Optional[float], closed_ms: float) ->
     return f
 
 
-def closed_rate(rs: RowServing, load: LoadSpec) -> float:
-    """Images per second the row's own closed-loop median allows (times its requests in flight)."""
+def closed_rate(rs: RowServing) -> float:
+    """Images per second the row's own closed-loop median allows: one batch after another."""
     assert rs.closed_loop_ms
-    return rs.row.id.batch * load.in_flight * 1000.0 / rs.closed_loop_ms
+    return rs.row.id.batch * 1000.0 / rs.closed_loop_ms
+
+
+def expected_rate(rs: RowServing, load: LoadSpec) -> float:
+    """Where the search starts from and the overload guard's scale: on a GPU the `in_flight` copies
+    overlap (one uploads while another computes), so their closed-loop rates add up; on a CPU they
+    split the row's cores, and one copy's closed-loop rate is what they share."""
+    overlap = load.in_flight if rs.row.id.device.startswith("cuda") else 1
+    return closed_rate(rs) * overlap
 
 
 class ServingRun:
@@ -163,7 +179,7 @@ class ServingRun:
         fields = loadgen_fields(load, target, rs.closed_loop_ms or 1.0)
         # offline issues its whole test at once: only the other scenarios can run away from the pipeline
         # (a backlog of MAX_BACKLOG_S of the pipeline's own closed-loop capacity: queries waiting that long)
-        backlog = 10**9 if load.scenario == "offline" else max(256, int(MAX_BACKLOG_S * closed_rate(rs, load)))
+        backlog = 10**9 if load.scenario == "offline" else max(256, int(MAX_BACKLOG_S * expected_rate(rs, load)))
         settings = {"kind": load.scenario, "fields": fields, "in_flight": load.in_flight, "decode": load.decode,
                     "max_queue_delay_ms": load.max_queue_delay_ms, "max_backlog": backlog}
         limit = fields["max_duration_ms"] / 1000.0 + 120.0
@@ -191,20 +207,26 @@ class ServingRun:
         return result
 
     def search(self, rs: RowServing, r: int) -> None:
-        """The highest rate LoadGen calls VALID at the bound, over `search_steps` runs."""
+        """The highest rate LoadGen calls VALID at the bound, over `search_steps` runs: from 80% of the
+        closed-loop rate, up by GROW while runs pass or down by SHRINK while they fail, then bisecting
+        between the highest pass and the lowest failure. A later round starts at the median of the
+        earlier rounds' peaks and steps by NEAR, so its steps refine the peak rather than find it again."""
         load = self.load
         lo, hi = 0.0, None
-        target = START_FRACTION * closed_rate(rs, load)
+        target, grow, shrink = START_FRACTION * expected_rate(rs, load), GROW, SHRINK
+        earlier = [peak for peak in (round_peak(rs.tests, q) for q in range(r)) if peak]
+        if earlier:
+            target, grow, shrink = statistics.median(earlier), 1.0 + NEAR, 1.0 - NEAR
         for step in range(load.search_steps):
             result = self.test(rs, r, step, round(target, 3))
             if result is None:
                 return
             if result.get("validity") == "VALID":
                 lo = target
-                target = target * GROW if hi is None else (lo + hi) / 2
+                target = target * grow if hi is None else (lo + hi) / 2
             else:
                 hi = target
-                target = (lo + hi) / 2 if lo > 0 else target / 2
+                target = (lo + hi) / 2 if lo > 0 else target * shrink
 
     def measure(self) -> None:
         load = self.load
@@ -225,7 +247,7 @@ class ServingRun:
                 if load.scenario == "server" and load.target_qps == "auto":
                     self.search(rs, r)
                 else:
-                    target = load.target_qps if load.target_qps != "auto" else closed_rate(rs, load)
+                    target = load.target_qps if load.target_qps != "auto" else expected_rate(rs, load)
                     self.test(rs, r, 0, target if load.scenario in ("server", "offline") else None)
 
     def finish(self) -> List[RowResult]:
@@ -244,6 +266,13 @@ class ServingRun:
             row = RowResult(rs.row.id, result)
             out.append(with_samples(row, self.store) if result.status == "passed" else row)
         return out
+
+
+def round_peak(tests: List[Dict[str, Any]], r: int) -> Optional[float]:
+    """A round's highest VALID rate (None where none passed); a contended test measured again does not count."""
+    rates = [t["target"] for t in tests if t.get("round") == r and not t.get("replaced")
+             and t.get("validity") == "VALID" and t.get("target") is not None]
+    return max(rates) if rates else None
 
 
 def describe(result: Dict[str, Any], load: LoadSpec) -> str:
@@ -275,7 +304,7 @@ def row_line(rs: RowServing, load: LoadSpec) -> Dict[str, Any]:
                             "latency_bound_ms": load.latency_bound_ms, "percentile": percentile_of(load),
                             "fps": load.fps, "tests": len(rs.tests)}
     if rs.closed_loop_ms:
-        line["closed_loop_rate"] = closed_rate(rs, load)
+        line["closed_loop_rate"] = closed_rate(rs)
     if rs.status != "passed" or not rs.tests:
         return line
     tests = [t for t in rs.tests if not t.get("replaced")]   # a contended test measured again does not count

@@ -107,13 +107,22 @@ def caffe_gpu_not_run(r: Dict[str, Any]) -> bool:
     return r["backend"] == "caffe" and str(r["row"].device).startswith("cuda") and not _given(fp.get("gpu_mib_loaded"))
 
 
+def _load_cell(fp: Dict[str, Any]) -> str:
+    """'0.14 (0.12-0.31)': the processes' median load time with its range, where a row had several."""
+    text = _num(fp.get("load_s"))
+    lo, hi = fp.get("load_s_min"), fp.get("load_s_max")
+    if text and _given(lo) and _given(hi) and float(hi) > float(lo):
+        text += f" ({_num(lo)}-{_num(hi)})"
+    return text
+
+
 def footprint_cells(r: Dict[str, Any], headers: List[str], empty: str = "") -> List[str]:
     """A pivoted row's cells under `footprint_headers` (`empty` where a figure is missing)."""
     fp = r.get("footprint") or {}
     cells = {"host MiB": mib_cell(fp.get("host_mib_loaded"), fp.get("host_mib_peak")),
              "GPU MiB": ("not run here" if caffe_gpu_not_run(r) else
                          mib_cell(fp.get("gpu_mib_loaded"), fp.get("gpu_mib_peak"))),
-             "load s": _num(fp.get("load_s")), "cold-start ms": _num(fp.get("first_call_ms"))}
+             "load s": _load_cell(fp), "cold-start ms": _num(fp.get("first_call_ms"))}
     return [cells[h] or empty for h in headers]
 
 
