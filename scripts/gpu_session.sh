@@ -4,6 +4,8 @@
 # RETINABENCH_GIT_COMMIT names the commit the copy was made from (the copy has no .git).
 # The carried folder .carry/ (git-ignored) holds wheels (.carry/whl), the shared model and image
 # (.carry/shared), the dlib faces (.carry/datasets); results come back as $OUT/<step>.tgz.
+# SWEEP_ARGS: options added to the sweep, batch and threads steps (e.g. "--processes 1 --loops 100" when the
+# session's device time is short; the run folder's config.yaml records what ran).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,6 +23,7 @@ mkdir -p results
 # the device tool stops a command at 600 s: each step gets what is left of BUDGET_S (Ctrl-C at the end, so a
 # run folder is left resumable and the steps before it are already packed)
 BUDGET_S=${BUDGET_S:-570}
+read -r -a SWEEP_ARGS <<< "${SWEEP_ARGS:-}"
 START=$(date +%s)
 for step in "$@"; do
     left=$((BUDGET_S - ($(date +%s) - START)))
@@ -42,12 +45,14 @@ for step in "$@"; do
             timeout python3 bench.py --config configs/gpu-serve-1280x896.yaml --model "$MODEL" --image "$IMAGE" --out results \
                 2>&1 | tail -40 ;;
         sweep)
-            timeout python3 bench.py --config configs/gpu-sweep.yaml --model "$MODEL" --image "$IMAGE" --out results 2>&1 | tail -25 ;;
+            timeout python3 bench.py --config configs/gpu-sweep.yaml --model "$MODEL" --image "$IMAGE" --out results \
+                "${SWEEP_ARGS[@]}" 2>&1 | tail -25 ;;
         batch)
             timeout python3 bench.py --config configs/gpu-batch-640x480.yaml --model "$MODEL" --image "$IMAGE" --out results \
-                2>&1 | tail -25 ;;
+                "${SWEEP_ARGS[@]}" 2>&1 | tail -25 ;;
         threads)
-            timeout python3 bench.py --config configs/sweep-threads-16.yaml --model "$MODEL" --out results 2>&1 | tail -25 ;;
+            timeout python3 bench.py --config configs/sweep-threads-16.yaml --model "$MODEL" --out results \
+                "${SWEEP_ARGS[@]}" 2>&1 | tail -25 ;;
     esac
     new=$(comm -13 <(echo "$before") <(ls results))
     [ -n "$new" ] && (cd results && tar czf "$OUT/$step.tgz" --exclude=.work $new)

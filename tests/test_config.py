@@ -14,9 +14,17 @@ BASE = {"model": "default", "input": {"mode": "fit", "width": 640, "height": 448
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_validate(path: Path):
+def test_shipped_configs_validate(path: Path, monkeypatch):
+    # on the largest machine the shipped configs are written for: the H200 host's 16 cores
+    monkeypatch.setattr("retinabench.config.usable_cores", lambda: 16)
     s = load_scenario(path)
     assert s.rows()
+
+
+def test_a_thread_sweep_beyond_the_cores_is_one_line(monkeypatch):
+    monkeypatch.setattr("retinabench.config.usable_cores", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^sweep.threads: 4, 8, 16 above this machine's 2 cores \(oversubscribe"):
+        load_scenario(ROOT / "configs" / "sweep-threads-16.yaml")
 
 
 def test_448_sweep_max_batch_rule():

@@ -3,6 +3,7 @@ renders, run folders that hold what they should and nothing else."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from conftest import ROOT
 from retinabench.report.stats import Interval
 from retinabench.report.verdict import decide, describe_checks, expected_by_chance, holm, rank
 
-COMMITTED = sorted(p for p in (ROOT / "results").glob("*-1280x896") if (p / "summary.csv").is_file())
+# runs of configs/1280x896.yaml itself (not serve-server-1280x896 and the like)
+COMMITTED = sorted(p for p in (ROOT / "results").glob("*-1280x896")
+                   if re.fullmatch(r"\d{8}-\d{6}-1280x896", p.name) and (p / "summary.csv").is_file())
 
 
 def _bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -350,7 +350,7 @@ def tiny_run(tmp_path_factory, mnet25_dir, t1_path):
         "name": "fp", "model": str(mnet25_dir), "images": [str(t1_path)],
         "input": {"mode": "fit", "width": 320, "height": 224}, "threads": 1, "loops": 6, "warmup": 1,
         "backends": ["empty", "onnxruntime", {"name": "caffe", "device": "cuda"}]}))
-    out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp / "r")],
+    out = subprocess.run([sys.executable, "bench.py", "--config", str(cfg), "--out", str(tmp / "r"), "--wide"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     (run,) = (tmp / "r").iterdir()

@@ -211,7 +211,7 @@ def test_bgra_ignores_the_fourth_channel(t1_image, family):
 ], ids=["gray", "gray1", "two", "uint16", "float32"])
 @pytest.mark.parametrize("mode", INPUT_MODES)
 def test_undefined_inputs_are_refused(image, mode):
-    pre = Preprocessor(FAMILIES["biubug6"], mode, (64, 64) if mode == "fit" else None)
+    pre = Preprocessor(FAMILIES["biubug6"], mode, (64, 64) if mode in ("fit", "pad") else None)
     with pytest.raises(BenchError, match="8-bit BGR"):
         pre([image])
     with pytest.raises(BenchError, match="8-bit BGR"):

@@ -17,7 +17,7 @@ from retinabench.report.dataset_accuracy import ap_section
 from retinabench.report.machines import machines_page
 from retinabench.report.pages import page
 from retinabench.report.readme import load_run, report_sections, rewrite_sections
-from retinabench.report.serving_report import serving_section
+from retinabench.report.serving_report import serving_section, serving_time_section
 
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
@@ -60,6 +60,8 @@ def test_sections_regenerate_byte_for_byte(path, name):
         fresh = {name: coverage_section(folder, base)}
     elif name == "accuracy-ap":
         fresh = {name: ap_section(folder, base)}
+    elif name.startswith("serving-time-"):
+        fresh = {name: serving_time_section(folder, base)}
     elif name.startswith("serving-"):
         fresh = {name: serving_section(folder, base)}
     else:

@@ -51,12 +51,14 @@ def _report_special(folder: Path, args: argparse.Namespace) -> "int | None":
     from retinabench.report.markers import update_file
 
     base = Path(args.readme).parent if args.readme else Path.cwd()
-    from retinabench.report.serving_report import is_serving, serving_section
+    from retinabench.report.serving_report import is_serving, serving_section, serving_time_section
+    extra = {}
     if is_coverage(folder):
         name, body = marker(folder), coverage_section(folder, base)
     elif is_serving(folder):
         scenario = json.loads((folder / "run.json").read_text()).get("scenario", folder.name)
         name, body = f"serving-{scenario}", serving_section(folder, base)
+        extra = {f"serving-time-{scenario}": serving_time_section(folder, base)}
     elif (folder / "run.json").is_file() and json.loads((folder / "run.json").read_text()).get("kind") == "accuracy":
         if not (folder / "accuracy_ap.csv").is_file():
             from retinabench.errors import BenchError
@@ -64,9 +66,14 @@ def _report_special(folder: Path, args: argparse.Namespace) -> "int | None":
         name, body = "accuracy-ap", ap_section(folder, base)
     else:
         return None
-    print(f"## {name}\n\n{body}\n")
+    if args.html is not None:
+        from retinabench.errors import BenchError
+        raise BenchError(f"--html: {folder.name} is a {name.split('-')[0]} run, whose report is its README section "
+                         "(printed without --html; --readme writes it); HTML reports are for speed runs")
+    for title, text in {name: body, **extra}.items():
+        print(f"## {title}\n\n{text}\n")
     if args.readme:
-        up = update_file(Path(args.readme), {name: body}, f"no markers for {name!r}")
+        up = update_file(Path(args.readme), {name: body, **extra}, f"no markers for {name!r}")
         print(f"{args.readme}: rewritten: {', '.join(up.changed) or 'none (already up to date)'}")
     return ExitCode.OK
 

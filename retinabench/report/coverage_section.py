@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-from retinabench.report.format import md_table, relative_link
+from retinabench.report.format import md_table, relative_link, wrap
 
 
 def is_coverage(folder: Path) -> bool:
@@ -48,9 +48,8 @@ def coverage_section(folder: Path, link_base: Path) -> str:
     text = (f"`{data['config']}` on model {_model(folder, data)} ({rows}; {data['stage']} ratio to the reference), "
             f"{data['repeats']} runs per variant, alternating, on {cpu}: [{Path(folder).name}/coverage.md]({link}) "
             "has every run's ratio and interval.")
-    return _wrap(text) + "\n\n" + md_table(["variant", "settings", "largest spread between runs", "intervals holding the "
-                                     "median of the runs", "furthest from the quiet median", "chunks measured again"],
-                                    lines)
+    return wrap(text) + "\n\n" + md_table(["variant", "settings", "spread of runs", "intervals holding the median",
+                                     "off the quiet median", "chunks re-measured"], lines)
 
 
 def _model(folder: Path, data: Dict[str, Any]) -> str:
@@ -65,6 +64,3 @@ def _model(folder: Path, data: Dict[str, Any]) -> str:
     return "?"
 
 
-def _wrap(text: str) -> str:
-    import textwrap
-    return "\n".join(textwrap.wrap(text, 110, break_long_words=False, break_on_hyphens=False))

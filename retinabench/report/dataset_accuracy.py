@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from retinabench.report.format import md_table, relative_link
+from retinabench.report.format import md_table, relative_link, wrap
 from retinabench.store import RowResult, RunStore
 
 COLUMNS = ["dataset", "backend", "variant", "device", "precision", "status", "images", "faces", "ap50", "ap50_low",
@@ -181,9 +181,6 @@ def precision_costs(lines: Sequence[Dict[str, str]]) -> List[str]:
     return out
 
 
-def _wrap(text: str) -> str:
-    import textwrap
-    return "\n".join(textwrap.wrap(text, 110, break_long_words=False, break_on_hyphens=False))
 
 
 def ap_section(run_dir: Path, link_base: Path) -> str:
@@ -193,24 +190,30 @@ def ap_section(run_dir: Path, link_base: Path) -> str:
     env = json.loads((Path(run_dir) / "env.json").read_text()) if (Path(run_dir) / "env.json").is_file() else {}
     link = relative_link(Path(run_dir), link_base)
     full = relative_link(Path(run_dir) / "accuracy_ap.md", link_base)
-    sets = "; ".join(f"{d['name']}: {d['images']} images, {d['boxes']} faces" for d in meta.get("datasets", []))
+    ds = meta.get("datasets", [])
+    if len({(d["images"], d["boxes"]) for d in ds}) == 1:   # one set at several scales: its size once
+        sets = f"{', '.join(d['name'] for d in ds)} ({ds[0]['images']} images, {ds[0]['boxes']} faces each)"
+    else:
+        sets = "; ".join(f"{d['name']}: {d['images']} images, {d['boxes']} faces" for d in ds)
     from retinabench.harness.env import machine_label
     canvas = meta.get("canvas") or ["?", "?"]
     recall = {(_name(ln), ln["dataset"]): ln.get("recall_at_threshold") for ln in lines}
     first = lines[0]["dataset"] if lines else ""
-    rec = ", ".join(f"{n} {float(v):.2f}" for (n, d), v in recall.items() if d == first and v not in ("", None))
+    found = {n: f"{float(v):.2f}" for (n, d), v in recall.items() if d == first and v not in ("", None)}
+    rec = (f"{next(iter(found.values()))} for every row" if len(set(found.values())) == 1
+           else ", ".join(f"{n} {v}" for n, v in found.items()))
     coco = ", ".join(f"{_name(ln)} {float(ln['coco_ap']):.3f}" for ln in lines
                      if ln["dataset"] == first and ln.get("coco_ap") not in ("", None))
     faces = sum(int(d.get("boxes") or 0) for d in meta.get("datasets", [])[:1])
     return "\n".join([
-        _wrap(f"Datasets: {sets}. Run folder [`{link}`]({link}), {machine_label(env) if env else 'unrecorded machine'}; "
+        wrap(f"Datasets: {sets}. Run folder [`{link}`]({link}), {machine_label(env) if env else 'unrecorded machine'}; "
               f"each image at its original scale on a {canvas[0]}x{canvas[1]} canvas, faces kept from a score of "
               f"{meta.get('score_threshold')}, IoU 0.5, AP by the VOC rule with a 95% bootstrap interval over images. "
               f"A small set: each of its {faces} faces is about {100 / max(1, faces):.0f} points of recall."),
         "", ap_table(lines, with_diffs=False), "",
-        _wrap(f"Every row's AP50 against the reference row, paired over images: [accuracy_ap.md]({full}); "
+        wrap(f"Every row's AP50 against the reference row, paired over images: [accuracy_ap.md]({full}); "
               "every face found, per image: the run folder's detections/. Rows of lower precision against "
               "their own f32 row:"), ""]
-        + [_wrap("- " + s) for s in precision_costs(lines)]
-        + ["", _wrap(f"Recall at the speed tables' threshold ({lines[0]['threshold'] if lines else '?'}) on {first}: "
-                     f"{rec}."), "", _wrap(f"COCO AP@[.5:.95] (pycocotools) on {first}: {coco}.")])
+        + [wrap("- " + s) for s in precision_costs(lines)]
+        + ["", wrap(f"Recall at the speed tables' threshold ({lines[0]['threshold'] if lines else '?'}) on {first}: "
+                     f"{rec}."), "", wrap(f"COCO AP@[.5:.95] (pycocotools) on {first}: {coco}.")])

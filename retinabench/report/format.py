@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -13,6 +14,15 @@ from retinabench.harness.loop import STAGES
 from retinabench.report.run_data import RunData
 
 _SHORT = {"preprocess": "pre", "inference": "infer", "postprocess": "post", "total": "total"}
+
+
+WRAP = 120          # generated paragraphs: lines of at most this many characters (tables keep one row a line)
+
+
+def wrap(text: str, indent: str = "") -> str:
+    """A paragraph in lines of at most WRAP characters (Markdown joins them again)."""
+    return "\n".join(textwrap.wrap(text, WRAP, subsequent_indent=indent, break_long_words=False,
+                                    break_on_hyphens=False))
 
 
 def ms(v: Any) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from retinabench.harness.loop import STAGES
-from retinabench.report.format import md_table, ms
+from retinabench.report.format import md_table, ms, wrap
 from retinabench.report.run_data import BASELINE_BACKENDS, RunData
 from retinabench.report.tables import pivot
 from retinabench.store import atomic_write
@@ -205,6 +205,18 @@ def compact_scaling(run: RunData, link_base: Path) -> str:
     from retinabench.report.format import relative_link
     threads, sizes = thread_scaling(run), size_fits(run)
     parts = []
+    # the parallel efficiency at the most threads, per frame size: a column of the fits where both exist
+    most = max((ln["threads"] for ln in threads), default=None)
+    inputs = list(dict.fromkeys(ln["input"] for ln in threads))
+    eff: Dict[str, Dict[str, float]] = {}
+    for ln in threads:
+        if ln["threads"] == most:
+            eff.setdefault(ln["config"], {})[ln["input"]] = ln["efficiency"]
+
+    def eff_cell(config: str) -> str:
+        by = eff.get(config, {})
+        return " / ".join(f"{100 * by[i]:.0f}" if i in by else "–" for i in inputs) + "%"
+    eff_head = f"efficiency at {most} threads"
     if sizes:
         fits: Dict[Tuple, Dict[str, Any]] = {}
         for ln in sizes:
@@ -212,19 +224,21 @@ def compact_scaling(run: RunData, link_base: Path) -> str:
         table = []
         for (config, t), by in fits.items():
             tot = by.get("total")
-            table.append([config, t or "–"] + [f"{by[s]['ms_per_megapixel']:.3g}" if s in by else "–"
-                                               for s in ("total", "preprocess", "inference", "postprocess")]
-                         + [f"{tot['intercept_ms']:.3g}" if tot else "–", f"{tot['r2']:.3f}" if tot else "–"])
-        parts += ["Milliseconds per megapixel of the input, fitted over the swept frame sizes (least squares):", "",
-                  md_table(["runtime", "threads", "total", "pre", "inference", "post", "total intercept ms",
-                            "R^2"], table), ""]
-    if threads:
-        most = max(ln["threads"] for ln in threads)
-        inputs = list(dict.fromkeys(ln["input"] for ln in threads))
-        eff: Dict[str, Dict[str, float]] = {}
-        for ln in threads:
-            if ln["threads"] == most:
-                eff.setdefault(ln["config"], {})[ln["input"]] = ln["efficiency"]
+            row = [config, t or "–"] + [f"{by[s]['ms_per_megapixel']:.3g}" if s in by else "–"
+                                        for s in ("total", "preprocess", "inference", "postprocess")]
+            row += [f"{tot['intercept_ms']:.3g}" if tot else "–", f"{tot['r2']:.3f}" if tot else "–"]
+            if threads:
+                row.append(eff_cell(config) if t == most and config in eff else "–")
+            table.append(row)
+        headers = ["runtime", "threads", "total", "pre", "inference", "post", "intercept ms", "R^2"]
+        if threads:
+            headers.append(eff_head)
+        intro = ("Milliseconds per megapixel of the input, fitted over the swept frame sizes (least squares)"
+                 + (f"; the last column: the parallel efficiency (speed-up over the fewest threads, per thread) at "
+                    f"{' / '.join(inputs)}:" if threads else ":"))
+        parts += [wrap(intro), "",
+                  md_table(headers, table), ""]
+    elif threads:
         table = [[c] + [f"{by[i]:.0%}" if i in by else "–" for i in inputs] for c, by in eff.items()]
         parts += [f"Parallel efficiency at {most} threads (speed-up over the fewest threads, per thread):", "",
                   md_table(["runtime"] + inputs, table), ""]

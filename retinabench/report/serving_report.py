@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Sequence
 from matplotlib.figure import Figure
 
 from retinabench.harness.env import machine_label
-from retinabench.report.format import md_table, ms, relative_link
+from retinabench.report.format import md_table, ms, relative_link, wrap
 from retinabench.store import RowResult, RunStore, atomic_write
 
 
@@ -36,22 +36,26 @@ def _rate(v: Any) -> str:
     return "–" if v is None else (f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}")
 
 
+REASON = 36   # an unavailable row's reason in the verdict column, as the speed tables' compact cells
+
+
 def serving_table(lines: Sequence[Dict[str, Any]]) -> str:
+    """The headline: the rate each row sustained, as streams, its latencies there and LoadGen's verdict."""
     if not lines:
         return "No rows."
     kind = lines[0]["scenario"]
-    head = {"server": "peak queries/s at the bound (range)", "offline": "samples/s (range)",
+    head = {"server": "peak /s (range)", "offline": "samples/s (range)",
             "singlestream": "latency ms (range)", "multistream": "latency per query ms (range)"}[kind]
     fps = _num(lines[0].get("fps")) or 30.0
     headers = ["backend", "variant", head]
     headers += [f"streams at {fps:g} fps"] if kind in ("server", "offline") else []
-    headers += ["p50 / p90 / p99 ms", "closed loop /s", "of closed loop", "service ms (vs closed loop)",
-                "wait p50 / p99 ms", "LoadGen", "J/image"]
+    headers += ["p50 / p90 / p99 ms", "of closed loop", "LoadGen"]
     table = []
     for ln in lines:
         if ln.get("status") != "passed":
-            table.append([ln["backend"], ln["variant"], f"{ln['status']}: {ln.get('reason', '')}"[:80]] +
-                         ["–"] * (len(headers) - 3))
+            reason = " ".join(f"{ln['status']}: {ln.get('reason', '')}".split())
+            reason = reason if len(reason) <= REASON else reason[:REASON - 1].rstrip() + "…"
+            table.append([ln["backend"], ln["variant"]] + ["–"] * (len(headers) - 3) + [reason])
             continue
         rate = f"{_rate(ln.get('rate'))} ({_rate(ln.get('rate_min'))}-{_rate(ln.get('rate_max'))})"
         row = [ln["backend"], ln["variant"], rate]
@@ -63,17 +67,30 @@ def serving_table(lines: Sequence[Dict[str, Any]]) -> str:
         if ln.get("overloaded_above") not in ("", None):
             verdict += f"; overloaded above {_rate(ln['overloaded_above'])}/s"
         if verdict.startswith("INVALID") and ln.get("invalid_reason"):
-            verdict += f" ({str(ln['invalid_reason'])[:60]})"
-        energy = f"{_num(ln['energy_per_image_j']):.3g}" if _num(ln.get("energy_per_image_j")) is not None else "–"
+            verdict += f" ({str(ln['invalid_reason'])[:REASON]})"
+        row += [lat, f"{ratio:.0%}" if ratio is not None else "–", verdict]
+        table.append(row)
+    return md_table(headers, table)
+
+
+def where_the_time_goes(lines: Sequence[Dict[str, Any]]) -> str:
+    """Why a row sustains less than its closed loop: the pipeline's own (service) time under load against its
+    closed-loop median, the wait before a worker took a request up, and the energy per image."""
+    table = []
+    for ln in lines:
+        if ln.get("status") != "passed":
+            continue
         service = "–"
         if _num(ln.get("service_ms_p50")) is not None:
             rel = _num(ln.get("service_over_closed_loop"))
             service = ms(ln["service_ms_p50"]) + (f" ({rel:.2f}x)" if rel is not None else "")
         wait = " / ".join(ms(ln.get(k)) for k in ("wait_ms_p50", "wait_ms_p99"))
-        row += [lat, _rate(ln.get("closed_loop_rate")), f"{ratio:.0%}" if ratio is not None else "–", service, wait,
-                verdict, energy]
-        table.append(row)
-    return md_table(headers, table)
+        energy = f"{_num(ln['energy_per_image_j']):.3g}" if _num(ln.get("energy_per_image_j")) is not None else "–"
+        table.append([ln["backend"], ln["variant"], _rate(ln.get("closed_loop_rate")), service, wait, energy])
+    if not table:
+        return ""
+    return md_table(["backend", "variant", "closed loop /s", "service ms (vs closed loop)", "wait p50 / p99 ms",
+                     "J/image"], table)
 
 
 def read_lines(run_dir: Path) -> List[Dict[str, Any]]:
@@ -118,7 +135,8 @@ def serving_reports(store: RunStore, rows: List[RowResult], lines: List[Dict[str
     matplotlib.use("Agg")
     from retinabench.report.summary import write_summary
     write_summary(store, rows, scenario.reference, scenario.run_spread)
-    store.write_file("serving.md", serving_table(read_lines(store.path)) + "\n")
+    lines_now = read_lines(store.path)
+    store.write_file("serving.md", serving_table(lines_now) + "\n\n" + where_the_time_goes(lines_now) + "\n")
     write_serving_plot(store.path, lines, json.loads(store.file("serving.json").read_text()))
 
 
@@ -142,9 +160,17 @@ def serving_section(run_dir: Path, link_base: Path) -> str:
             f"{load.get('min_duration_s')} s; batch {load.get('max_batch')}, {load.get('in_flight')} in flight. "
             f"Measured on {machine_label(env) if env else 'an unrecorded machine'}; run folder [`{link}`]({link}) "
             f"(LoadGen's own logs under `loadgen/`).")
-    import textwrap
-    return ("\n".join(textwrap.wrap(text, 110, break_long_words=False, break_on_hyphens=False)) + "\n\n"
+    return (wrap(text) + "\n\n"
             + serving_table(read_lines(run_dir)) + f"\n\n![latency against offered load]({plot})")
+
+
+def serving_time_section(run_dir: Path, link_base: Path) -> str:
+    """The `serving-time-<scenario>` section (docs/serving.md): where each row's time went under load."""
+    link = relative_link(Path(run_dir), link_base)
+    gaps = where_the_time_goes(read_lines(run_dir))
+    return (f"Where the time goes in [`{link}`]({link}): the rate the row's closed loop allows, the pipeline's own "
+            "(service) time under load against its closed-loop median, the wait before a worker took a request "
+            "up, and the energy per image where a counter exists.\n\n" + (gaps or "No row ran."))
 
 
 def compare_serving(a_dir: Path, b_dir: Path) -> str:

@@ -25,7 +25,7 @@ from retinabench.report.tables import footprint_cells, footprint_headers, pivot,
 from retinabench.report.verdict import Verdict, rank
 from retinabench.report.variants import variant_cell
 
-MAX_REASON = 36      # a compact cell shows this much of a row's flags or reason; the full tables show all of it
+MAX_REASON = 30      # a compact cell shows this much of a row's flags or reason; the full tables show all of it
 
 
 @dataclass(frozen=True)
