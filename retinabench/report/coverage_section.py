@@ -62,5 +62,3 @@ def _model(folder: Path, data: Dict[str, Any]) -> str:
                 model = str((yaml.safe_load(cfg.read_text()) or {}).get("model", "?"))
                 return "default" if model == "default" else f"`{Path(model).name}`"
     return "?"
-
-

@@ -181,8 +181,6 @@ def precision_costs(lines: Sequence[Dict[str, str]]) -> List[str]:
     return out
 
 
-
-
 def ap_section(run_dir: Path, link_base: Path) -> str:
     """The README's accuracy section from a committed accuracy run's accuracy_ap.csv and run.json."""
     lines = read_scores(run_dir)

@@ -45,8 +45,6 @@ def compact_section(run: RunData, readme_dir: Path) -> str:
     return "\n".join(lines)
 
 
-
-
 def plots_markdown(run: RunData, link_base: Path) -> str:
     specs = planned_plots(run)
     if not specs:
