@@ -66,9 +66,9 @@ def test_report_command_merges_several_runs(tmp_path):
 
 
 def test_the_machines_pages_are_the_committed_runs_report():
-    """Every docs/results/machines-SCENARIO.md regenerates byte for byte from the runs it cites."""
+    """Every docs/scenarios/machines-SCENARIO.md regenerates byte for byte from the runs it cites."""
     from retinabench.report.machines import machines_page
-    pages = sorted((ROOT / "docs" / "results").glob("machines-*.md"))
+    pages = sorted((ROOT / "docs" / "scenarios").glob("machines-*.md"))
     if not pages:
         pytest.skip("no machines page yet")
     for page in pages:

@@ -2,7 +2,7 @@
 
 Every run the README or a page under docs/ cites must be in the tree. Each marked section of the README
 (a scenario's compact table, the accuracy section, an interval-coverage study) regenerates byte for
-byte from the folder it links to, and so does each generated page under docs/results/ (a scenario's
+byte from the folder it links to, and so does each generated page under docs/scenarios/ (a scenario's
 full tables, or one scenario over several machines).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from retinabench.report.serving_report import serving_section, serving_time_sect
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
-PAGES = sorted((ROOT / "docs" / "results").glob("*.md"))
+PAGES = sorted((ROOT / "docs" / "scenarios").glob("*.md"))
 MARKED = [README] + [p for p in DOCS if p not in PAGES]   # hand-written files with generated sections
 _SECTION = re.compile(r"<!-- retinabench:begin ([^ ]+) -->\n(.*?)<!-- retinabench:end \1 -->", re.S)
 SECTIONS = dict(_SECTION.findall(TEXT))

@@ -91,7 +91,7 @@ def test_report_prints_status_machine_and_fastest(run_a, loaded_a):
     assert f"## {SCENARIO}" in text and env["cpu_model"] in words and env["timestamp_utc"][:10] in words
     assert "⛔ unavailable" in text  # tensorrt is not implemented here
     assert run_a.name in text  # the link to the run folder
-    assert f"docs/results/{SCENARIO}.md" in text   # and to the scenario's full page
+    assert f"docs/scenarios/{SCENARIO}.md" in text   # and to the scenario's full page
     # The compact table: one line per row (4 backends x 2 batches + tensorrt x 2), with its batch column.
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| backend")]
     assert len(table) == 10 and len([ln for ln in table if ln.startswith("| tensorrt")]) == 2
@@ -137,10 +137,10 @@ def test_readme_rewrite_touches_only_marked_sections(run_a, tmp_path):
     assert "another run's table, not this one's" in new and "old table" not in new
     assert "| backend" in new and "vs mxnet (95% CI)" in new
     assert f"markers found: {SCENARIO};" in out.stdout
-    page = tmp_path / "docs" / "results" / f"{SCENARIO}.md"     # the full tables live on the scenario's page
+    page = tmp_path / "docs" / "scenarios" / f"{SCENARIO}.md"     # the full tables live on the scenario's page
     text = page.read_text()
     assert "Cost of the bilinear Deconvolution" in text and "| backend" in text and "do not edit" in text
-    assert f"docs/results/{SCENARIO}.md" in new
+    assert f"docs/scenarios/{SCENARIO}.md" in new
 
 
 def test_rerun_changes_nothing_byte_for_byte(run_a, tmp_path):
@@ -148,7 +148,7 @@ def test_rerun_changes_nothing_byte_for_byte(run_a, tmp_path):
     readme.write_text(README.format(s=SCENARIO))
     first = _bench("report", str(run_a), "--readme", str(readme))
     assert first.returncode == 0, first.stderr
-    page = tmp_path / "docs" / "results" / f"{SCENARIO}.md"
+    page = tmp_path / "docs" / "scenarios" / f"{SCENARIO}.md"
     after_first, page_first = readme.read_bytes(), page.read_bytes()
     shutil.rmtree(run_a / "plots")  # the README and the page must not depend on the plot files
     second = _bench("report", str(run_a), "--readme", str(readme), "--no-plots")
@@ -167,7 +167,7 @@ def test_a_readme_without_the_scenarios_marker_gets_its_page_alone(run_a, tmp_pa
     out = _bench("report", str(run_a), "--readme", str(readme), "--no-plots")
     assert out.returncode == 0, out.stderr
     assert readme.read_text() == "# nothing marked\n"
-    assert "none (the page alone)" in out.stdout and (tmp_path / "docs" / "results" / f"{SCENARIO}.md").is_file()
+    assert "none (the page alone)" in out.stdout and (tmp_path / "docs" / "scenarios" / f"{SCENARIO}.md").is_file()
     missing = _bench("report", str(run_a), "--readme", str(tmp_path / "nope.md"), "--no-plots")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such README" in missing.stderr
 

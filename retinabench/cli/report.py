@@ -36,7 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_writable_dir(target.parent, "--html")
         print(f"html: {write_html(run, target)}")
     if args.readme:
-        up = update_readme(Path(args.readme), run)  # and docs/results/<scenario>.md beside it
+        up = update_readme(Path(args.readme), run)  # and docs/scenarios/<scenario>.md beside it
         print(f"{args.readme}: markers found: {', '.join(up.found) or 'none (the page alone)'}; "
               f"rewritten: {', '.join(up.changed) or 'none (already up to date)'}"
               + (f"; not found (left alone): {', '.join(up.missing)}" if up.missing else ""))

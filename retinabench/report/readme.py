@@ -7,7 +7,7 @@ same bytes, so diffs show changed measurements and nothing else. In the README,
     <!-- retinabench:begin SCENARIO -->   the compact table, its verdicts, links (retinabench.report.pages)
     <!-- retinabench:end SCENARIO -->
 
-and `docs/results/SCENARIO.md` beside it is written whole: the full speed table, footprint, flags,
+and `docs/scenarios/SCENARIO.md` beside it is written whole: the full speed table, footprint, flags,
 accuracy and plots (retinabench.report.pages.page).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def report_sections(run: RunData, link_base: Path) -> Dict[str, str]:
 
 
 def write_page(run: RunData, readme_dir: Path) -> PageUpdate:
-    """docs/results/<scenario>.md, written only when its bytes change."""
+    """docs/scenarios/<scenario>.md, written only when its bytes change."""
     path = page_path(readme_dir, run.scenario)
     text = page(run, readme_dir)
     old = path.read_text(encoding="utf-8") if path.is_file() else None
